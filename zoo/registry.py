@@ -1,0 +1,47 @@
+"""The registry of architectures: the only place a checkpoint's ``architecture`` name is
+turned into code. Nothing is ever imported by a name read from a file."""
+
+from __future__ import annotations
+
+import equinox as eqx
+
+from zoo.config import Config
+from zoo.foundation_model import DifferentiableFoundationModel, DifferentiableFoundationModelConfig
+from zoo.gene_tokenizer import GeneTokenizer, GeneTokenizerConfig
+from zoo.sequence_embedding import SequenceEmbedding, SequenceEmbeddingConfig
+from zoo.sequence_encoder import TransformerSequenceEncoder, TransformerSequenceEncoderConfig
+
+ARCHITECTURES: dict[str, tuple[type[eqx.Module], type[Config]]] = {
+    "SequenceEmbedding": (SequenceEmbedding, SequenceEmbeddingConfig),
+    "TransformerSequenceEncoder": (TransformerSequenceEncoder, TransformerSequenceEncoderConfig),
+    "GeneTokenizer": (GeneTokenizer, GeneTokenizerConfig),
+    "DifferentiableFoundationModel": (
+        DifferentiableFoundationModel,
+        DifferentiableFoundationModelConfig,
+    ),
+}
+
+
+class UnknownArchitectureError(KeyError):
+    """A checkpoint names an architecture that is not in the registry."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def lookup(name: str) -> tuple[type[eqx.Module], type[Config]]:
+    """The model class and config class registered as `name`."""
+    try:
+        return ARCHITECTURES[name]
+    except KeyError:
+        raise UnknownArchitectureError(
+            f"unknown architecture {name!r}; this version knows {sorted(ARCHITECTURES)}"
+        ) from None
+
+
+def architecture_of(model: eqx.Module) -> str:
+    """The registered name of `model`'s class."""
+    for name, (cls, _) in ARCHITECTURES.items():
+        if type(model) is cls:
+            return name
+    raise UnknownArchitectureError(f"{type(model).__name__} is not a registered architecture")

@@ -1,0 +1,172 @@
+"""`TransformerSequenceEncoder`: a BERT-style encoder of nucleotide sequences, as DNABERT
+(Ji et al., 2021) and RNA-FM (Chen et al., 2022).
+
+Tokens (single nucleotides or k-mers, see `zoo.nucleotides.NucleotideTokenizer`) are
+embedded, given sinusoidal or learned positions, and run through the shared
+`zoo.transformer.TransformerStack` with padding masked out of attention. The sequence
+embedding is the mean of the real token states or the ``[CLS]`` state. A masked-language-model
+head (dense + activation + layer norm, then the transposed token embedding plus a bias, as in
+BERT) gives logits over the vocabulary.
+
+The input may also be a one-hot (or any soft) distribution over the vocabulary per
+position; it is projected with the token-embedding matrix, so ``one_hot(ids) @ E`` gives
+exactly the embedding of ``ids`` and gradients with respect to the sequence are available.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
+
+from zoo.config import Config, require, require_choice, require_positive
+from zoo.nucleotides import PAD, NucleotideTokenizer
+from zoo.sequence_embedding import SequenceOutput
+from zoo.transformer import (
+    ACTIVATIONS,
+    TransformerConfig,
+    TransformerStack,
+    dense,
+    masked_mean,
+    normalise,
+    sinusoidal_positions,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerSequenceEncoderConfig(Config):
+    """Architecture of a `TransformerSequenceEncoder`.
+
+    Attributes:
+        transformer: the block stack (width, depth, heads, dropout, pre/post norm, ...).
+        alphabet: nucleotide letters (``"ACGU"`` for RNA).
+        kmer: letters per token.
+        kmer_stride: letters between token starts: 1 overlapping, ``kmer`` non-overlapping.
+        allow_n: whether N is accepted (as ``[UNK]``) or rejected.
+        max_len: most tokens per sequence, ``[CLS]`` included; the size of the learned
+            position table.
+        positions: ``"sinusoidal"`` (fixed) or ``"learned"`` (BERT).
+        pooling: sequence embedding from ``"mean"`` of real tokens or the ``"cls"`` token.
+    """
+
+    transformer: TransformerConfig = dataclasses.field(default_factory=TransformerConfig)
+    alphabet: str = "ACGT"
+    kmer: int = 1
+    kmer_stride: int = 1
+    allow_n: bool = True
+    max_len: int = 512
+    positions: str = "sinusoidal"
+    pooling: str = "mean"
+
+    def validate(self) -> None:
+        self.tokenizer  # noqa: B018  (validates alphabet, kmer and stride)
+        require_positive(max_len=self.max_len)
+        require_choice("positions", self.positions, ("sinusoidal", "learned"))
+        require_choice("pooling", self.pooling, ("mean", "cls"))
+        require(
+            isinstance(self.transformer, TransformerConfig),
+            "transformer must be a TransformerConfig",
+        )
+
+    @property
+    def tokenizer(self) -> NucleotideTokenizer:
+        """The tokenizer this architecture reads."""
+        return NucleotideTokenizer(self.alphabet, self.kmer, self.kmer_stride, self.allow_n)
+
+
+class TransformerSequenceEncoder(eqx.Module):
+    """Transformer encoder of one tokenized nucleotide sequence (see the module docstring)."""
+
+    token_embedding: eqx.nn.Embedding
+    position_embedding: eqx.nn.Embedding | None
+    embedding_norm: eqx.nn.LayerNorm | None
+    embedding_dropout: eqx.nn.Dropout
+    stack: TransformerStack
+    final_norm: eqx.nn.LayerNorm | None
+    mlm_dense: eqx.nn.Linear
+    mlm_norm: eqx.nn.LayerNorm
+    mlm_bias: Float[Array, " vocab"]
+    config: TransformerSequenceEncoderConfig = eqx.field(static=True)
+
+    def __init__(self, config: TransformerSequenceEncoderConfig, *, key: PRNGKeyArray):
+        t = config.transformer
+        vocab = config.tokenizer.vocab_size
+        token_key, position_key, stack_key, mlm_key = jax.random.split(key, 4)
+        self.token_embedding = eqx.nn.Embedding(
+            weight=0.02 * jax.random.normal(token_key, (vocab, t.dim))
+        )
+        self.position_embedding = (
+            eqx.nn.Embedding(weight=0.02 * jax.random.normal(position_key, (config.max_len, t.dim)))
+            if config.positions == "learned"
+            else None
+        )
+        post = t.norm == "post"
+        self.embedding_norm = eqx.nn.LayerNorm(t.dim, eps=t.layer_norm_eps) if post else None
+        self.final_norm = None if post else eqx.nn.LayerNorm(t.dim, eps=t.layer_norm_eps)
+        self.embedding_dropout = eqx.nn.Dropout(t.dropout)
+        self.stack = TransformerStack(t, key=stack_key)
+        self.mlm_dense = eqx.nn.Linear(t.dim, t.dim, key=mlm_key)
+        self.mlm_norm = eqx.nn.LayerNorm(t.dim, eps=t.layer_norm_eps)
+        self.mlm_bias = jnp.zeros(vocab)
+        self.config = config
+
+    @property
+    def tokenizer(self) -> NucleotideTokenizer:
+        """The tokenizer whose ids this model reads."""
+        return self.config.tokenizer
+
+    def embed(
+        self, tokens: Int[Array, " seq_len"] | Float[Array, "seq_len vocab"]
+    ) -> Float[Array, "seq_len dim"]:
+        """Token (or soft one-hot) embeddings plus positions, before dropout and the stack."""
+        seq_len = tokens.shape[0]
+        if seq_len > self.config.max_len:
+            raise ValueError(
+                f"sequence has {seq_len} tokens, more than max_len={self.config.max_len}"
+            )
+        weight = self.token_embedding.weight
+        x = weight[tokens] if jnp.issubdtype(tokens.dtype, jnp.integer) else tokens @ weight
+        if self.position_embedding is None:
+            x = x + sinusoidal_positions(seq_len, x.shape[-1])
+        else:
+            x = x + self.position_embedding.weight[:seq_len]
+        return x if self.embedding_norm is None else normalise(self.embedding_norm, x)
+
+    def __call__(
+        self,
+        tokens: Int[Array, " seq_len"] | Float[Array, "seq_len vocab"],
+        mask: Bool[Array, " seq_len"] | None = None,
+        *,
+        key: PRNGKeyArray | None = None,
+    ) -> SequenceOutput:
+        """Encode one sequence.
+
+        Args:
+            tokens: token ids, or a distribution over the vocabulary at each position.
+            mask: True at real tokens; by default ids other than ``[PAD]`` (or, for soft
+                input, rows that are not all zero).
+            key: drives dropout; needed only while training with ``dropout > 0``.
+
+        Returns:
+            `SequenceOutput`: per-token hidden states (seq_len, dim) and the pooled embedding.
+        """
+        if mask is None:
+            integer = jnp.issubdtype(tokens.dtype, jnp.integer)
+            mask = tokens != PAD if integer else jnp.any(tokens != 0, axis=-1)
+        embedding_key, stack_key = (None, None) if key is None else jax.random.split(key)
+        x = self.embedding_dropout(self.embed(tokens), key=embedding_key)
+        hidden = self.stack(x, mask, key=stack_key)
+        if self.final_norm is not None:
+            hidden = normalise(self.final_norm, hidden)
+        pooled = hidden[0] if self.config.pooling == "cls" else masked_mean(hidden, mask)
+        return SequenceOutput(hidden=hidden, pooled=pooled)
+
+    def mlm_logits(self, hidden: Float[Array, "n dim"]) -> Float[Array, "n vocab"]:
+        """Masked-language-model logits for the given hidden states (pass only the masked
+        positions to save work)."""
+        activation = ACTIVATIONS[self.config.transformer.activation]
+        h = normalise(self.mlm_norm, activation(dense(self.mlm_dense, hidden)))
+        return h @ self.token_embedding.weight.T + self.mlm_bias

@@ -1,0 +1,215 @@
+"""The transformer block shared by `TransformerSequenceEncoder` and
+`DifferentiableFoundationModel`, and the scanned stack of such blocks.
+
+A block is multi-head self-attention followed by a position-wise MLP, each wrapped in a
+residual connection with dropout (Vaswani et al., 2017). With ``norm="pre"`` the layer norm
+is applied to each branch's input (Xiong et al., 2020); with ``norm="post"`` it is applied
+after each residual sum, as in BERT (Devlin et al., 2019).
+
+The stack builds ``n_layers`` identical blocks with `eqx.filter_vmap`, so every parameter
+has a leading layer axis, and runs them with `jax.lax.scan`: compile time does not grow with
+depth.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, PRNGKeyArray
+
+from zoo.config import Config, require, require_choice, require_positive, require_probability
+
+ACTIVATIONS = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig(Config):
+    """Shape and regularisation of a transformer stack.
+
+    Attributes:
+        dim: width of the residual stream.
+        n_layers: number of blocks.
+        n_heads: attention heads; must divide ``dim``.
+        mlp_dim: hidden width of each block's MLP.
+        dropout: probability of dropping a unit on each residual branch and on the input
+            embeddings while training.
+        norm: ``"pre"`` (layer norm before each branch, a final norm after the stack) or
+            ``"post"`` (BERT: layer norm after each residual sum and after the embeddings).
+        activation: the MLP nonlinearity: ``"gelu"`` (exact, erf-based, as BERT),
+            ``"gelu_tanh"`` or ``"relu"``.
+        layer_norm_eps: epsilon of every layer norm.
+    """
+
+    dim: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    mlp_dim: int = 256
+    dropout: float = 0.1
+    norm: str = "pre"
+    activation: str = "gelu"
+    layer_norm_eps: float = 1e-5
+
+    def validate(self) -> None:
+        require_positive(
+            dim=self.dim,
+            n_layers=self.n_layers,
+            n_heads=self.n_heads,
+            mlp_dim=self.mlp_dim,
+            layer_norm_eps=self.layer_norm_eps,
+        )
+        require(
+            self.dim % self.n_heads == 0,
+            f"n_heads ({self.n_heads}) must divide dim ({self.dim})",
+        )
+        require_probability(dropout=self.dropout)
+        require_choice("norm", self.norm, ("pre", "post"))
+        require_choice("activation", self.activation, tuple(ACTIVATIONS))
+
+
+def dense(layer: eqx.nn.Linear, x: Float[Array, "n d_in"]) -> Float[Array, "n d_out"]:
+    """Apply a linear layer to every row of `x`."""
+    out = x @ layer.weight.T
+    return out if layer.bias is None else out + layer.bias
+
+
+def normalise(norm: eqx.nn.LayerNorm, x: Float[Array, "n d"]) -> Float[Array, "n d"]:
+    """Apply a layer norm to every row of `x`."""
+    return jax.vmap(norm)(x)
+
+
+class TransformerBlock(eqx.Module):
+    """One residual self-attention + MLP block (see the module docstring)."""
+
+    query: eqx.nn.Linear
+    key: eqx.nn.Linear
+    value: eqx.nn.Linear
+    attention_output: eqx.nn.Linear
+    attention_norm: eqx.nn.LayerNorm
+    mlp_input: eqx.nn.Linear
+    mlp_output: eqx.nn.Linear
+    mlp_norm: eqx.nn.LayerNorm
+    dropout: eqx.nn.Dropout
+    n_heads: int = eqx.field(static=True)
+    norm: str = eqx.field(static=True)
+    activation: str = eqx.field(static=True)
+
+    def __init__(self, config: TransformerConfig, *, key: PRNGKeyArray):
+        q, k, v, o, m1, m2 = jax.random.split(key, 6)
+        dim = config.dim
+        self.query = eqx.nn.Linear(dim, dim, key=q)
+        self.key = eqx.nn.Linear(dim, dim, key=k)
+        self.value = eqx.nn.Linear(dim, dim, key=v)
+        self.attention_output = eqx.nn.Linear(dim, dim, key=o)
+        self.attention_norm = eqx.nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.mlp_input = eqx.nn.Linear(dim, config.mlp_dim, key=m1)
+        self.mlp_output = eqx.nn.Linear(config.mlp_dim, dim, key=m2)
+        self.mlp_norm = eqx.nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.dropout = eqx.nn.Dropout(config.dropout)
+        self.n_heads = config.n_heads
+        self.norm = config.norm
+        self.activation = config.activation
+
+    def attention(
+        self, x: Float[Array, "seq_len dim"], mask: Bool[Array, " seq_len"]
+    ) -> Float[Array, "seq_len dim"]:
+        """Multi-head scaled dot-product attention; positions where `mask` is False are
+        never attended to."""
+        seq_len, dim = x.shape
+        head_dim = dim // self.n_heads
+
+        def heads(layer: eqx.nn.Linear) -> Float[Array, "seq_len heads head_dim"]:
+            return dense(layer, x).reshape(seq_len, self.n_heads, head_dim)
+
+        attended = jax.nn.dot_product_attention(
+            heads(self.query),
+            heads(self.key),
+            heads(self.value),
+            mask=mask[None, None, :],
+            scale=1.0 / math.sqrt(head_dim),
+        )
+        return dense(self.attention_output, attended.reshape(seq_len, dim))
+
+    def mlp(self, x: Float[Array, "seq_len dim"]) -> Float[Array, "seq_len dim"]:
+        """Position-wise two-layer MLP."""
+        return dense(self.mlp_output, ACTIVATIONS[self.activation](dense(self.mlp_input, x)))
+
+    def __call__(
+        self,
+        x: Float[Array, "seq_len dim"],
+        mask: Bool[Array, " seq_len"],
+        *,
+        key: PRNGKeyArray | None = None,
+    ) -> Float[Array, "seq_len dim"]:
+        """Transform one sequence. `key` drives dropout and is needed only while training
+        with ``dropout > 0``."""
+        attention_key, mlp_key = (None, None) if key is None else jax.random.split(key)
+        if self.norm == "pre":
+            x = x + self.dropout(
+                self.attention(normalise(self.attention_norm, x), mask), key=attention_key
+            )
+            return x + self.dropout(self.mlp(normalise(self.mlp_norm, x)), key=mlp_key)
+        x = normalise(
+            self.attention_norm, x + self.dropout(self.attention(x, mask), key=attention_key)
+        )
+        return normalise(self.mlp_norm, x + self.dropout(self.mlp(x), key=mlp_key))
+
+
+class TransformerStack(eqx.Module):
+    """``n_layers`` `TransformerBlock`s, stored stacked and run with `jax.lax.scan`.
+
+    Every array leaf of `layers` has a leading axis of length ``n_layers``.
+    """
+
+    layers: TransformerBlock
+
+    def __init__(self, config: TransformerConfig, *, key: PRNGKeyArray):
+        make = eqx.filter_vmap(lambda k: TransformerBlock(config, key=k))
+        self.layers = make(jax.random.split(key, config.n_layers))
+
+    @property
+    def n_layers(self) -> int:
+        """Number of stacked blocks."""
+        return self.layers.query.weight.shape[0]
+
+    def __call__(
+        self,
+        x: Float[Array, "seq_len dim"],
+        mask: Bool[Array, " seq_len"],
+        *,
+        key: PRNGKeyArray | None = None,
+    ) -> Float[Array, "seq_len dim"]:
+        """Run every block in order over one sequence; `mask` marks the real positions."""
+        params, static = eqx.partition(self.layers, eqx.is_array)
+        keys = None if key is None else jax.random.split(key, self.n_layers)
+
+        def step(h, layer_and_key):
+            layer_params, layer_key = layer_and_key
+            return eqx.combine(layer_params, static)(h, mask, key=layer_key), None
+
+        out, _ = jax.lax.scan(step, x, (params, keys))
+        return out
+
+
+def sinusoidal_positions(seq_len: int, dim: int) -> Float[Array, "seq_len dim"]:
+    """The fixed sine/cosine position encoding of Vaswani et al. (2017):
+    ``P[p, 2i] = sin(p / 10000^(2i/dim))`` and ``P[p, 2i+1] = cos(...)``."""
+    position = jnp.arange(seq_len, dtype=jnp.float32)[:, None]
+    frequency = jnp.exp(-math.log(10000.0) * jnp.arange(0, dim, 2, dtype=jnp.float32) / dim)
+    angles = position * frequency
+    encoding = jnp.zeros((seq_len, dim), jnp.float32)
+    encoding = encoding.at[:, 0::2].set(jnp.sin(angles))
+    return encoding.at[:, 1::2].set(jnp.cos(angles[:, : dim // 2]))
+
+
+def masked_mean(x: Float[Array, "n d"], mask: Bool[Array, " n"]) -> Float[Array, " d"]:
+    """Mean of the rows of `x` where `mask` is True (zero if none is)."""
+    weights = mask.astype(x.dtype)
+    return (x * weights[:, None]).sum(0) / jnp.maximum(weights.sum(), 1.0)
