@@ -40,13 +40,13 @@ def require_choice(name: str, value: object, choices: tuple[object, ...]) -> Non
     require(value in choices, f"{name} must be one of {choices}, got {value!r}")
 
 
-def require_positive(**values: float) -> None:
+def require_positive(**values: Any) -> None:
     """Raise `ConfigError` naming the first keyword argument that is not > 0."""
     for name, value in values.items():
         require(value > 0, f"{name} must be positive, got {value!r}")
 
 
-def require_probability(**values: float) -> None:
+def require_probability(**values: Any) -> None:
     """Raise `ConfigError` naming the first keyword argument outside [0, 1)."""
     for name, value in values.items():
         require(0.0 <= value < 1.0, f"{name} must be in [0, 1), got {value!r}")

@@ -25,7 +25,13 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, Real
 
 from zoo.config import Config, require_choice, require_probability
-from zoo.gene_tokenizer import GENE_CLS, N_SPECIAL, GeneTokenizer, GeneTokenizerConfig
+from zoo.gene_tokenizer import (
+    GENE_CLS,
+    N_SPECIAL,
+    GeneTokenizer,
+    GeneTokenizerConfig,
+    GeneTokens,
+)
 from zoo.transformer import TransformerConfig, TransformerStack, dense, masked_mean, normalise
 
 
@@ -132,7 +138,7 @@ class DifferentiableFoundationModel(eqx.Module):
         key: PRNGKeyArray | None = None,
         expression_mask: Bool[Array, " max_tokens"] | None = None,
     ) -> FoundationOutput:
-        """Run one cell.
+        """Tokenize one cell with the model's `GeneTokenizer`, then `encode` it.
 
         Args:
             counts: raw counts of the cell over the tokenizer's genes.
@@ -146,7 +152,16 @@ class DifferentiableFoundationModel(eqx.Module):
             `FoundationOutput`; every per-token field has ``max_tokens + 1`` entries,
             position 0 being ``[CLS]`` (never masked, value 0).
         """
-        tokens = self.tokenizer(counts)
+        return self.encode(self.tokenizer(counts), key=key, expression_mask=expression_mask)
+
+    def encode(
+        self,
+        tokens: GeneTokens,
+        *,
+        key: PRNGKeyArray | None = None,
+        expression_mask: Bool[Array, " max_tokens"] | None = None,
+    ) -> FoundationOutput:
+        """Run the transformer over one cell's tokens (arguments as in `__call__`)."""
         mask_key, dropout_key = (None, None) if key is None else jax.random.split(key)
         if expression_mask is None:
             expression_mask = (
@@ -154,7 +169,6 @@ class DifferentiableFoundationModel(eqx.Module):
                 if mask_key is None
                 else random_expression_mask(tokens.mask, self.config.mask_ratio, key=mask_key)
             )
-        expression_mask = expression_mask & tokens.mask
 
         def with_cls(x, first):
             return jnp.concatenate([jnp.asarray([first], x.dtype), x])
@@ -162,11 +176,10 @@ class DifferentiableFoundationModel(eqx.Module):
         ids = with_cls(tokens.ids, GENE_CLS)
         values = with_cls(tokens.values, 0.0)
         token_mask = with_cls(tokens.mask, True)
-        masked = with_cls(expression_mask, False)
+        masked = with_cls(expression_mask & tokens.mask, False)
 
         value_embedding = jnp.where(masked[:, None], self.mask_value, self.encode_values(values))
-        value_embedding = value_embedding.at[0].set(0.0)
-        x = self.gene_embedding.weight[ids] + value_embedding
+        x = self.gene_embedding.weight[ids] + value_embedding.at[0].set(0.0)
         embedding_key, stack_key = (
             (None, None) if dropout_key is None else jax.random.split(dropout_key)
         )
@@ -174,12 +187,8 @@ class DifferentiableFoundationModel(eqx.Module):
         if self.final_norm is not None:
             hidden = normalise(self.final_norm, hidden)
         predicted = dense(self.head_output, jax.nn.gelu(dense(self.head_hidden, hidden)))[:, 0]
-        unmasked_real = token_mask & ~masked
-        cell = (
-            hidden[0]
-            if self.config.pooling == "cls"
-            else masked_mean(hidden, unmasked_real.at[0].set(False))
-        )
+        unmasked_genes = (token_mask & ~masked).at[0].set(False)
+        cell = hidden[0] if self.config.pooling == "cls" else masked_mean(hidden, unmasked_genes)
         return FoundationOutput(
             hidden=hidden,
             cell_embedding=cell,

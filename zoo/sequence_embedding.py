@@ -112,6 +112,11 @@ class SequenceEmbedding(eqx.Module):
             `SequenceOutput` with ``hidden`` of shape (seq_len, embedding_dim) (zero at padding)
             and ``pooled``, their mean over the real positions.
         """
+        if x.shape[-1] != len(self.config.alphabet):
+            raise ValueError(
+                f"x has {x.shape[-1]} columns per position, but the alphabet "
+                f"{self.config.alphabet!r} needs {len(self.config.alphabet)}"
+            )
         if mask is None:
             mask = jnp.any(x != 0, axis=-1)
         keep = mask[:, None].astype(x.dtype)

@@ -50,6 +50,9 @@ class TransformerSequenceEncoderConfig(Config):
             position table.
         positions: ``"sinusoidal"`` (fixed) or ``"learned"`` (BERT).
         pooling: sequence embedding from ``"mean"`` of real tokens or the ``"cls"`` token.
+        vocab_size: rows of the token-embedding table when token ids come from an external
+            tokenizer (an imported BERT's WordPiece or DNABERT k-mer vocabulary); None uses
+            the nucleotide tokenizer's vocabulary.
     """
 
     transformer: TransformerConfig = dataclasses.field(default_factory=TransformerConfig)
@@ -60,12 +63,14 @@ class TransformerSequenceEncoderConfig(Config):
     max_len: int = 512
     positions: str = "sinusoidal"
     pooling: str = "mean"
+    vocab_size: int | None = None
 
     def validate(self) -> None:
         self.tokenizer  # noqa: B018  (validates alphabet, kmer and stride)
         require_positive(max_len=self.max_len)
         require_choice("positions", self.positions, ("sinusoidal", "learned"))
         require_choice("pooling", self.pooling, ("mean", "cls"))
+        require(self.vocab_size is None or self.vocab_size > 0, "vocab_size must be positive")
         require(
             isinstance(self.transformer, TransformerConfig),
             "transformer must be a TransformerConfig",
@@ -75,6 +80,11 @@ class TransformerSequenceEncoderConfig(Config):
     def tokenizer(self) -> NucleotideTokenizer:
         """The tokenizer this architecture reads."""
         return NucleotideTokenizer(self.alphabet, self.kmer, self.kmer_stride, self.allow_n)
+
+    @property
+    def n_tokens(self) -> int:
+        """Rows of the token-embedding table: `vocab_size` if set, else the tokenizer's."""
+        return self.tokenizer.vocab_size if self.vocab_size is None else self.vocab_size
 
 
 class TransformerSequenceEncoder(eqx.Module):
@@ -93,7 +103,7 @@ class TransformerSequenceEncoder(eqx.Module):
 
     def __init__(self, config: TransformerSequenceEncoderConfig, *, key: PRNGKeyArray):
         t = config.transformer
-        vocab = config.tokenizer.vocab_size
+        vocab = config.n_tokens
         token_key, position_key, stack_key, mlm_key = jax.random.split(key, 4)
         self.token_embedding = eqx.nn.Embedding(
             weight=0.02 * jax.random.normal(token_key, (vocab, t.dim))
@@ -128,6 +138,10 @@ class TransformerSequenceEncoder(eqx.Module):
                 f"sequence has {seq_len} tokens, more than max_len={self.config.max_len}"
             )
         weight = self.token_embedding.weight
+        if tokens.ndim == 2 and tokens.shape[1] != weight.shape[0]:
+            raise ValueError(
+                f"tokens has {tokens.shape[1]} columns, but the vocabulary has {weight.shape[0]}"
+            )
         x = weight[tokens] if jnp.issubdtype(tokens.dtype, jnp.integer) else tokens @ weight
         if self.position_embedding is None:
             x = x + sinusoidal_positions(seq_len, x.shape[-1])
