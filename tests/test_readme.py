@@ -14,6 +14,6 @@ def readme_commands() -> list[str]:
 def test_exactly_two_setup_commands_and_ci_runs_the_second_verbatim():
     commands = readme_commands()
     assert len(commands) == 2
-    assert commands[0].endswith("biozoo tour")
+    assert commands[0].endswith("biozoo demo")
     ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
     assert commands[1] in ci_lines

@@ -7,6 +7,14 @@ so that ``import zoo`` stays light) write and read the weight format.
 """
 
 from zoo.config import Config, ConfigError
+from zoo.design import DesignError
+from zoo.differential_expression import differential_expression
+from zoo.em_quantifier import (
+    Abundances,
+    DifferentiableEMQuantifier,
+    DifferentiableEMQuantifierConfig,
+)
+from zoo.equivalence_classes import EquivalenceClasses
 from zoo.foundation_model import (
     DifferentiableFoundationModel,
     DifferentiableFoundationModelConfig,
@@ -14,14 +22,24 @@ from zoo.foundation_model import (
     masked_expression_loss,
 )
 from zoo.gene_tokenizer import GeneTokenizer, GeneTokenizerConfig, GeneTokens
+from zoo.hmm import DifferentiableHMM, DifferentiableHMMConfig
+from zoo.hmm_fit import HMMFit, fit_hmm_baum_welch, fit_hmm_gradient
+from zoo.nbglm import DifferentiableNBGLM, DifferentiableNBGLMConfig, NBGLMFit, fit_nbglm
 from zoo.nucleotides import NucleotideTokenizer, SequenceError, one_hot
+from zoo.phate import DifferentiablePHATE, DifferentiablePHATEConfig, PHATEGraph
 from zoo.registry import ARCHITECTURES, UnknownArchitectureError
 from zoo.sequence_embedding import SequenceEmbedding, SequenceEmbeddingConfig, SequenceOutput
 from zoo.sequence_encoder import TransformerSequenceEncoder, TransformerSequenceEncoderConfig
 from zoo.soft_rank import hard_rank, soft_rank
+from zoo.task_model import TaskModel, TaskModelConfig
 from zoo.transformer import TransformerConfig
+from zoo.umap import DifferentiableUMAP, DifferentiableUMAPConfig
+from zoo.vae import VAENormalizer, VAENormalizerConfig
+from zoo.vae_anndata import annotate_vae, fit_vae
+from zoo.vae_training import VAETrainingConfig, train_vae
+from zoo.wald import WaldTest
 
-_FROM_CHECKPOINTS = ("save_pretrained", "from_pretrained")
+_FROM_CHECKPOINTS = ("save_pretrained", "from_pretrained", "push_to_hub")
 
 
 def __getattr__(name: str):
@@ -34,26 +52,55 @@ def __getattr__(name: str):
 
 __all__ = [
     "ARCHITECTURES",
+    "Abundances",
     "Config",
     "ConfigError",
+    "DesignError",
+    "DifferentiableEMQuantifier",
+    "DifferentiableEMQuantifierConfig",
     "DifferentiableFoundationModel",
     "DifferentiableFoundationModelConfig",
+    "DifferentiableHMM",
+    "DifferentiableHMMConfig",
+    "DifferentiableNBGLM",
+    "DifferentiableNBGLMConfig",
+    "DifferentiablePHATE",
+    "DifferentiablePHATEConfig",
+    "DifferentiableUMAP",
+    "DifferentiableUMAPConfig",
+    "EquivalenceClasses",
     "FoundationOutput",
     "GeneTokenizer",
     "GeneTokenizerConfig",
     "GeneTokens",
+    "HMMFit",
+    "NBGLMFit",
     "NucleotideTokenizer",
+    "PHATEGraph",
     "SequenceEmbedding",
     "SequenceEmbeddingConfig",
     "SequenceError",
     "SequenceOutput",
+    "TaskModel",
+    "TaskModelConfig",
     "TransformerConfig",
     "TransformerSequenceEncoder",
     "TransformerSequenceEncoderConfig",
     "UnknownArchitectureError",
+    "VAENormalizer",
+    "VAENormalizerConfig",
+    "VAETrainingConfig",
+    "WaldTest",
+    "annotate_vae",
+    "differential_expression",
+    "fit_hmm_baum_welch",
+    "fit_hmm_gradient",
+    "fit_nbglm",
+    "fit_vae",
     "hard_rank",
     "masked_expression_loss",
     "one_hot",
     "soft_rank",
+    "train_vae",
     *_FROM_CHECKPOINTS,
 ]

@@ -94,7 +94,11 @@ class Config:
         kwargs = {}
         for name, value in data.items():
             nested = _config_class(hints[name])
-            kwargs[name] = nested.from_dict(value) if nested is not None else value
+            if nested is not None:
+                value = nested.from_dict(value)
+            elif isinstance(value, list):  # JSON arrays are the configs' tuples
+                value = tuple(value)
+            kwargs[name] = value
         try:
             return cls(**kwargs)
         except TypeError as error:

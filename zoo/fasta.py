@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import gzip
+import io
 import lzma
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
 
 
-def open_text(path: str | os.PathLike) -> IO[str]:
+def open_text(path: str | os.PathLike) -> io.TextIOBase:
     """Open a text file for reading, decompressing ``.gz`` and ``.xz`` by their suffix."""
     path = Path(path)
     if path.suffix == ".gz":

@@ -159,7 +159,7 @@ class NucleotideTokenizer:
             ids[i, : len(e)] = e
         return ids, ids != PAD
 
-    def decode(self, ids: Sequence[int]) -> list[str]:
+    def decode(self, ids: Sequence[int] | np.ndarray) -> list[str]:
         """The tokens of `ids`, padding dropped."""
         vocab = self.vocab
         return [vocab[int(i)] for i in ids if int(i) != PAD]

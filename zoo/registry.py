@@ -6,15 +6,29 @@ from __future__ import annotations
 import equinox as eqx
 
 from zoo.config import Config
+from zoo.em_quantifier import DifferentiableEMQuantifier, DifferentiableEMQuantifierConfig
 from zoo.foundation_model import DifferentiableFoundationModel, DifferentiableFoundationModelConfig
 from zoo.gene_tokenizer import GeneTokenizer, GeneTokenizerConfig
+from zoo.hmm import DifferentiableHMM, DifferentiableHMMConfig
+from zoo.nbglm import DifferentiableNBGLM, DifferentiableNBGLMConfig
+from zoo.phate import DifferentiablePHATE, DifferentiablePHATEConfig
 from zoo.sequence_embedding import SequenceEmbedding, SequenceEmbeddingConfig
 from zoo.sequence_encoder import TransformerSequenceEncoder, TransformerSequenceEncoderConfig
+from zoo.task_model import TaskModel, TaskModelConfig
+from zoo.umap import DifferentiableUMAP, DifferentiableUMAPConfig
+from zoo.vae import VAENormalizer, VAENormalizerConfig
 
 ARCHITECTURES: dict[str, tuple[type[eqx.Module], type[Config]]] = {
+    "DifferentiableEMQuantifier": (DifferentiableEMQuantifier, DifferentiableEMQuantifierConfig),
     "SequenceEmbedding": (SequenceEmbedding, SequenceEmbeddingConfig),
     "TransformerSequenceEncoder": (TransformerSequenceEncoder, TransformerSequenceEncoderConfig),
+    "TaskModel": (TaskModel, TaskModelConfig),
+    "DifferentiableUMAP": (DifferentiableUMAP, DifferentiableUMAPConfig),
+    "VAENormalizer": (VAENormalizer, VAENormalizerConfig),
     "GeneTokenizer": (GeneTokenizer, GeneTokenizerConfig),
+    "DifferentiableHMM": (DifferentiableHMM, DifferentiableHMMConfig),
+    "DifferentiableNBGLM": (DifferentiableNBGLM, DifferentiableNBGLMConfig),
+    "DifferentiablePHATE": (DifferentiablePHATE, DifferentiablePHATEConfig),
     "DifferentiableFoundationModel": (
         DifferentiableFoundationModel,
         DifferentiableFoundationModelConfig,

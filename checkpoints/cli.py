@@ -1,0 +1,122 @@
+"""The hub subcommands of the ``biozoo`` console script: ``pull``, ``push``, ``card``, ``ls``.
+
+`add_hub_commands` adds them to an `argparse` sub-parser set; each sets ``func``, which
+takes the parsed arguments and returns the exit status. ``python -m checkpoints.cli`` runs
+them alone. Downloads and uploads show ``huggingface_hub``'s progress bars; tokens come from
+``HF_TOKEN`` or the saved login and are never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import huggingface_hub
+
+from checkpoints.card import CardDetails, CardError, render_card, validate_card
+from checkpoints.catalog import CATALOG
+from checkpoints.errors import CheckpointError
+from checkpoints.pretrained import CARD_FILE, open_weights, read_config
+from checkpoints.references import resolve
+from checkpoints.upload import push_to_hub
+
+
+def pull(args: argparse.Namespace) -> int:
+    """Download (or find in the cache) a checkpoint, check it, print folder and commit."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        folder, provenance = resolve(
+            args.ref, revision=args.revision, local_files_only=args.local_files_only
+        )
+    open_weights(folder)
+    for warning in caught:
+        print(f"warning: {warning.message}", file=sys.stderr)
+    print(f"folder: {folder}")
+    print(f"commit: {provenance.commit or '(local folder)'}")
+    return 0
+
+
+def push(args: argparse.Namespace) -> int:
+    """Upload a checkpoint folder in one commit and print the commit's URL."""
+    commit = push_to_hub(
+        args.folder,
+        args.repo_id,
+        revision=args.revision,
+        private=args.private,
+        commit_message=args.message,
+    )
+    print(f"{huggingface_hub.constants.ENDPOINT}/{args.repo_id}/commit/{commit}")
+    return 0
+
+
+def card(args: argparse.Namespace) -> int:
+    """Render a folder's card from its config (and ``--details``), validate it, print it."""
+    folder = Path(args.folder)
+    architecture, config = read_config(folder)
+    details = None
+    if args.details is not None:
+        details = CardDetails.from_dict(json.loads(Path(args.details).read_text()))
+    text = render_card(architecture, config, details)
+    validate_card(text)
+    if args.write:
+        (folder / CARD_FILE).write_text(text)
+    print(text)
+    return 0
+
+
+def ls(args: argparse.Namespace) -> int:
+    """List the catalog: short name, pinned Hub revision, whether shipped, description."""
+    if not CATALOG:
+        print("the catalog is empty")
+    for name, entry in sorted(CATALOG.items()):
+        where = "shipped" if entry.shipped_folder() is not None else "hub"
+        hub = (
+            f"{entry.repo_id}@{entry.commit}" if entry.commit else f"{entry.repo_id} (not mirrored)"
+        )
+        print(f"{name}\t{hub}\t{where}\t{entry.description}")
+    return 0
+
+
+def add_hub_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``pull``, ``push``, ``card`` and ``ls`` to `subparsers`."""
+    p = subparsers.add_parser("pull", help="download a checkpoint and print its folder and commit")
+    p.add_argument("ref", help="org/name[@revision], a catalog name or a folder")
+    p.add_argument("--revision", help="branch, tag or commit SHA (instead of @revision)")
+    p.add_argument("--local-files-only", action="store_true", help="use only the cache")
+    p.set_defaults(func=pull)
+
+    p = subparsers.add_parser("push", help="upload a checkpoint folder in one commit")
+    p.add_argument("folder")
+    p.add_argument("repo_id", help="org/name; created if missing")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.add_argument("--revision", help="branch to commit to (created if missing)")
+    p.add_argument("--message", help="commit message")
+    p.set_defaults(func=push)
+
+    p = subparsers.add_parser("card", help="render and validate a checkpoint's model card")
+    p.add_argument("folder")
+    p.add_argument("--details", help="JSON file of CardDetails (training, evaluation, ...)")
+    p.add_argument("--write", action="store_true", help="write it to the folder's README.md")
+    p.set_defaults(func=card)
+
+    p = subparsers.add_parser("ls", help="list the catalog of published checkpoints")
+    p.set_defaults(func=ls)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one hub subcommand; errors print one line and exit with status 1."""
+    parser = argparse.ArgumentParser(prog="biozoo")
+    add_hub_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (CheckpointError, CardError, huggingface_hub.errors.HfHubHTTPError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

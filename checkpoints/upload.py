@@ -1,0 +1,95 @@
+"""Publishing a checkpoint to the Hugging Face Hub in one commit.
+
+The folder is checked first exactly as a load would check it (config, registry, weights
+against the config), so a broken checkpoint is never published. The upload goes through
+`huggingface_hub.HfApi.create_commit`: ``HF_ENDPOINT`` and ``HF_TOKEN`` apply, large files
+travel by the Hub's LFS (or Xet) protocol with progress bars, and config, weights and card
+land together in a single commit whose SHA is returned; weight files of an earlier layout
+(shards replaced by one file, or the reverse) are deleted in the same commit.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import equinox as eqx
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
+
+from checkpoints import shards
+from checkpoints.card import CardDetails, render_card, validate_card
+from checkpoints.pretrained import (
+    CARD_FILE,
+    CONFIG_FILE,
+    open_weights,
+    read_config,
+    save_pretrained,
+)
+
+
+def push_to_hub(
+    model_or_folder: eqx.Module | str | os.PathLike,
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    private: bool = False,
+    commit_message: str | None = None,
+    token: str | None = None,
+    card: str | CardDetails | None = None,
+    max_shard_size: int | str = shards.DEFAULT_MAX_SHARD_SIZE,
+) -> str:
+    """Upload a model (saved first) or a checkpoint folder to the Hub repo `repo_id`.
+
+    Args:
+        model_or_folder: a registered model, or a checkpoint folder.
+        repo_id: ``org/name``; the model repository is created if it does not exist.
+        revision: the branch to commit to (created from the default branch if needed);
+            default: the default branch.
+        private: create the repository private (an existing one keeps its visibility).
+        commit_message: default ``"Upload <architecture>"``.
+        token: a Hub token with write access (default ``HF_TOKEN`` or the saved login);
+            it is sent only in the Authorization header and never printed, logged or written.
+        card: the card to publish (Markdown or `CardDetails`); by default the folder's
+            ``README.md``, or one rendered from the config.
+        max_shard_size: shard threshold when a model is saved first.
+
+    Returns:
+        The new commit's SHA.
+    """
+    with tempfile.TemporaryDirectory(prefix="biozoo-push-") as scratch:
+        if isinstance(model_or_folder, eqx.Module):
+            folder = save_pretrained(
+                model_or_folder, scratch, card=card, max_shard_size=max_shard_size
+            )
+            card = None
+        else:
+            folder = Path(model_or_folder)
+        architecture, config = read_config(folder)
+        open_weights(folder)  # refuses a folder whose weights do not match its config
+        if card is None and (folder / CARD_FILE).is_file():
+            card_text = (folder / CARD_FILE).read_text()
+        elif isinstance(card, str):
+            card_text = card
+        else:
+            card_text = render_card(architecture, config, card)
+        validate_card(card_text)
+        names = [CONFIG_FILE, *shards.files_of(folder)]
+        if (folder / shards.INDEX_FILE).is_file():
+            names.append(shards.INDEX_FILE)
+        operations = [CommitOperationAdd(name, str(folder / name)) for name in names]
+        operations.append(CommitOperationAdd(CARD_FILE, card_text.encode()))
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        if revision is not None:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        present = api.list_repo_files(repo_id, revision=revision)
+        stale = [n for n in present if shards.is_weight_file(n) and n not in names]
+        operations += [CommitOperationDelete(name) for name in stale]
+        commit = api.create_commit(
+            repo_id,
+            operations,
+            commit_message=commit_message or f"Upload {architecture}",
+            revision=revision,
+        )
+    return commit.oid

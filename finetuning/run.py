@@ -1,0 +1,90 @@
+"""One fine-tuning run from a checkpoint reference (or from scratch) to a saved, carded
+checkpoint: the logic behind ``biozoo finetune``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+
+from checkpoints.card import CardDetails, DataSource, EvaluationResult, TrainingRecord
+from finetuning.metrics import plot_confusion_matrix
+from finetuning.tasks import Task
+from finetuning.train import FineTuneConfig, FineTuneResult, fine_tune
+from zoo.registry import architecture_of
+from zoo.task_model import BACKBONES, TaskModel, TaskModelConfig
+
+
+def task_model(task: Task, backbone, *, head_dropout: float = 0.1, seed: int = 0) -> TaskModel:
+    """A classifier for `task` on top of `backbone` (its weights are kept)."""
+    architecture = architecture_of(backbone)
+    if architecture not in BACKBONES:
+        raise ValueError(f"{architecture} cannot be a task backbone; use one of {tuple(BACKBONES)}")
+    modality = "cells" if architecture == "DifferentiableFoundationModel" else "dna"
+    if modality != task.modality:
+        raise ValueError(f"task {task.name} needs a {task.modality} model, got a {architecture}")
+    config = TaskModelConfig(
+        backbone_architecture=architecture,
+        backbone=backbone.config,
+        n_outputs=len(task.classes),
+        labels=task.classes,
+        head_dropout=head_dropout,
+    )
+    return TaskModel(config, key=jax.random.key(seed)).with_backbone(backbone)
+
+
+def save_result(
+    result: FineTuneResult, task: Task, config: FineTuneConfig, out: Path, *, base_model: str | None
+) -> Path:
+    """Save the fine-tuned model with a card (base model, metrics) and its confusion matrix."""
+    from checkpoints import save_pretrained
+
+    evaluation = tuple(
+        EvaluationResult(
+            task="text-classification",
+            dataset=f"{task.name} (test)",
+            metric=name,
+            value=round(value, 4),
+        )
+        for name, value in result.test.items()
+    )
+    backbone = architecture_of(result.model.backbone)
+    classes = ", ".join(task.classes)
+    details = CardDetails(
+        summary=f"`{backbone}` fine-tuned on {task.name} ({classes}), {config.strategy} strategy.",
+        base_model=base_model,
+        training_data=(DataSource(name=task.name, url=task.provenance),),
+        training=TrainingRecord(
+            steps=result.steps,
+            examples_seen=result.steps * config.batch_size,
+            examples_unit="sequences" if task.modality == "dna" else "cells",
+            final_loss=result.history[-1]["train_loss"] if result.history else None,
+            hardware=", ".join(sorted({d.device_kind for d in jax.devices()})),
+        ),
+        evaluation=evaluation,
+        limitations="Fine-tuned on one small public data set; check it on yours before use.",
+    )
+    folder = save_pretrained(result.model, out, card=details)
+    plot_confusion_matrix(
+        result.confusion, list(task.classes), folder / "confusion_matrix.png", f"{task.name} (test)"
+    )
+    history = {"fine_tune_config": config.to_dict(), "history": result.history, "test": result.test}
+    (folder / "fine_tune_history.json").write_text(json.dumps(history, indent=2) + "\n")
+    return folder
+
+
+def run_fine_tune(
+    task: Task,
+    backbone,
+    config: FineTuneConfig,
+    out: Path,
+    *,
+    base_model: str | None,
+    progress: bool = True,
+) -> tuple[FineTuneResult, Path]:
+    """Fine-tune `backbone` on `task`, save the result to `out`, return both."""
+    result = fine_tune(
+        task_model(task, backbone, seed=config.seed), task, config, progress=progress
+    )
+    return result, save_result(result, task, config, out, base_model=base_model)

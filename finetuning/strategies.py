@@ -1,0 +1,103 @@
+"""What a fine-tune trains: filter specs over a `zoo.TaskModel`.
+
+- ``linear``: the head only (a linear probe of the frozen backbone);
+- ``full``: every parameter the task uses;
+- ``partial``: the head and the transformer layers after the first ``freeze_layers``
+  (the stack is cut with `zoo.transformer.split_stack`, so the frozen layers are separate
+  arrays that get no optimiser state); embeddings stay frozen;
+- ``lora``: the head and rank-r factors on every attention projection (`zoo.lora`).
+
+Parameters a task never uses are never trained: the masked-language-model head of a
+sequence encoder, the masked-expression head and mask vector of the foundation model, and
+the fitted gene medians of its tokenizer.
+
+`prepare` returns the model to train and its filter spec; `finish` undoes the surgery
+(merges LoRA factors and the cut stack) so the result is a plain model again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+from jaxtyping import PRNGKeyArray
+
+from zoo.foundation_model import DifferentiableFoundationModel
+from zoo.lora import add_lora, lora_filter, merge_lora
+from zoo.sequence_encoder import TransformerSequenceEncoder
+from zoo.task_model import TaskModel
+from zoo.transformer import SplitTransformerStack, split_stack
+
+STRATEGIES = ("linear", "full", "partial", "lora")
+
+
+def _set_trainable(spec: Any, model: Any, where: Callable[[Any], Any], value: bool) -> Any:
+    """`spec` with the array leaves of ``where(model)`` set to `value`."""
+    subtree = where(model)
+    marks = jax.tree.map(lambda leaf: value and eqx.is_array(leaf), subtree)
+    return eqx.tree_at(where, spec, marks, is_leaf=lambda x: x is None)
+
+
+def unused_by_tasks(model: TaskModel) -> list[Callable[[TaskModel], Any]]:
+    """Selectors of the backbone parameters a downstream task never uses."""
+    backbone = model.backbone
+    if isinstance(backbone, TransformerSequenceEncoder):
+        return [lambda m: (m.backbone.mlm_dense, m.backbone.mlm_norm, m.backbone.mlm_bias)]
+    if isinstance(backbone, DifferentiableFoundationModel):
+        return [
+            lambda m: (
+                m.backbone.tokenizer,
+                m.backbone.mask_value,
+                m.backbone.head_hidden,
+                m.backbone.head_output,
+            )
+        ]
+    return []
+
+
+def prepare(
+    model: TaskModel,
+    strategy: str,
+    *,
+    freeze_layers: int = 1,
+    lora_rank: int = 8,
+    lora_alpha: float = 16.0,
+    key: PRNGKeyArray,
+) -> tuple[TaskModel, Any]:
+    """The model to train under `strategy` and its filter spec (True = trained)."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
+    has_stack = hasattr(model.backbone, "stack")
+    if strategy in ("partial", "lora") and not has_stack:
+        raise ValueError(f"strategy {strategy!r} needs a transformer backbone")
+    if strategy == "partial":
+        stack = split_stack(model.backbone.stack, freeze_layers)
+        model = eqx.tree_at(lambda m: m.backbone.stack, model, stack)
+    if strategy == "lora":
+        model = add_lora(model, lora_rank, lora_alpha, key=key)
+
+    nothing = jax.tree.map(lambda _: False, model)
+    if strategy == "full":
+        spec = jax.tree.map(eqx.is_array, model)
+        for where in unused_by_tasks(model):
+            spec = _set_trainable(spec, model, where, False)
+    elif strategy == "partial":
+        spec = _set_trainable(nothing, model, lambda m: m.backbone.stack.rest, True)
+        if getattr(model.backbone, "final_norm", None) is not None:
+            spec = _set_trainable(spec, model, lambda m: m.backbone.final_norm, True)
+    elif strategy == "lora":
+        spec = lora_filter(model)
+    else:
+        spec = nothing
+    return model, _set_trainable(spec, model, lambda m: m.head, True)
+
+
+def finish(model: TaskModel) -> TaskModel:
+    """Undo `prepare`'s surgery: merged LoRA weights and an uncut layer stack."""
+    model = merge_lora(model)
+    stack = getattr(model.backbone, "stack", None)
+    if isinstance(stack, SplitTransformerStack):
+        model = eqx.tree_at(lambda m: m.backbone.stack, model, stack.merge())
+    return model

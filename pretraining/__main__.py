@@ -1,0 +1,7 @@
+"""``python -m pretraining``: see `pretraining.cli`."""
+
+import sys
+
+from pretraining.cli import main
+
+sys.exit(main())

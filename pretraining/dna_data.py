@@ -1,0 +1,211 @@
+"""DNA corpora for masked language modelling: FASTA files in, masked token windows out.
+
+`DnaCorpus` reads FASTA / FASTA.gz / FASTA.xz files, given as paths or as names of the
+catalogued registry datasets (`pretraining.sources.DATASETS`), into one byte per base
+(A, C, G, T, or N for any IUPAC ambiguity code). The last ``val_fraction`` of every record
+is held out for validation.
+
+`MaskedWindows` draws training examples: a window of the training region, from either
+strand, tokenized by the model's `NucleotideTokenizer`, with BERT's masking (Devlin et al.,
+2019): 15 % of the non-``[UNK]`` tokens are prediction targets, of which 80 % are replaced by
+``[MASK]``, 10 % by a random token and 10 % left unchanged. Example ``row`` of step ``step``
+depends only on ``(seed, step, row)``, so the data order is the same whatever the number of
+processes or devices, each process draws only its own rows, and a resumed run continues
+exactly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from pretraining.provenance import Source
+from pretraining.sources import DATASETS, dataset, sha256_of
+from zoo.fasta import read_fasta
+from zoo.nucleotides import MASK, SPECIAL_TOKENS, UNK, NucleotideTokenizer
+
+LETTERS = np.frombuffer(b"ACGTN", np.uint8)
+N_CODE = 4
+_CODES = np.full(256, -1, np.int8)
+for _code, _letters in enumerate(("Aa", "Cc", "Gg", "Tt", "NnRrYyKkMmSsWwBbDdHhVv")):
+    for _letter in _letters:
+        _CODES[ord(_letter)] = _code
+TRAIN, VALIDATION = 0, 1
+
+
+class CorpusError(ValueError):
+    """A corpus is missing, empty, or not DNA."""
+
+
+def resolve(source: str) -> tuple[Path, str | None]:
+    """The local path of `source` (an existing path or a `DATASETS` name) and its licence
+    when it is a catalogued dataset."""
+    if os.path.exists(source):
+        return Path(source), None
+    if source in DATASETS:
+        return dataset(source, quiet=True), DATASETS[source].licence
+    raise CorpusError(
+        f"{source!r} is neither an existing file nor a known dataset; "
+        f"known datasets: {', '.join(sorted(DATASETS))}"
+    )
+
+
+def encode_dna(sequence: str, where: str) -> np.ndarray:
+    """Bytes 0-3 for A, C, G, T and 4 for N or an ambiguity code (case-insensitive).
+
+    Raises:
+        CorpusError: naming `where`, the letter and its position, for any other letter.
+    """
+    codes = _CODES[np.frombuffer(sequence.encode("latin-1", errors="replace"), np.uint8)]
+    bad = np.flatnonzero(codes < 0)
+    if bad.size:
+        position = int(bad[0])
+        raise CorpusError(
+            f"{where}: letter {sequence[position]!r} at position {position} is not a "
+            "nucleotide (A, C, G, T, N or an IUPAC ambiguity code); is this a DNA FASTA?"
+        )
+    return codes.astype(np.uint8)
+
+
+class DnaCorpus:
+    """The records of one or more FASTA files, split into training and validation regions.
+
+    Attributes:
+        records: one uint8 code array per record (see `encode_dna`).
+        split: per record, the first held-out position (the end of its training region).
+        sources: provenance of every file.
+    """
+
+    def __init__(self, sources: Sequence[str], *, val_fraction: float = 0.01):
+        if not sources:
+            raise CorpusError("no DNA corpus given")
+        if not 0.0 < val_fraction < 1.0:
+            raise CorpusError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        self.records: list[np.ndarray] = []
+        self.sources: list[Source] = []
+        for source in sources:
+            path, licence = resolve(source)
+            count, letters = 0, 0
+            try:
+                for name, sequence in read_fasta(path):
+                    codes = encode_dna(sequence, f"{path} record {name!r}")
+                    if codes.size:
+                        self.records.append(codes)
+                        count, letters = count + 1, letters + codes.size
+            except (UnicodeDecodeError, EOFError, OSError, ValueError) as error:
+                if isinstance(error, CorpusError):
+                    raise
+                raise CorpusError(f"{path} is not a readable FASTA file: {error}") from None
+            if letters == 0:
+                raise CorpusError(f"{path} holds no sequence; is it an empty FASTA file?")
+            summary = f"{count:,} record{'s' * (count != 1)}, {letters:,} bases"
+            self.sources.append(Source(source, str(path), sha256_of(path), summary, licence))
+        self.split = [len(r) - max(1, round(val_fraction * len(r))) for r in self.records]
+
+    @property
+    def letters(self) -> int:
+        """Bases in the corpus."""
+        return sum(len(r) for r in self.records)
+
+
+class MlmBatch(NamedTuple):
+    """Masked-language-model examples: ``tokens`` (batch, seq_len) int32 with the masking
+    applied, ``positions`` (batch, n_targets) the masked positions, ``targets`` the original
+    token ids there."""
+
+    tokens: np.ndarray
+    positions: np.ndarray
+    targets: np.ndarray
+
+
+class MaskedWindows:
+    """Masked token windows of a `DnaCorpus` (see the module docstring).
+
+    Args:
+        corpus: the DNA.
+        tokenizer: the model's tokenizer; its alphabet must be ``ACGT``.
+        seq_len: tokens per example, ``[CLS]`` included.
+        seed: the run's seed.
+        mask_rate: fraction of the tokens after ``[CLS]`` that are prediction targets.
+        max_n_fraction: windows with more N than this are redrawn (with ``allow_n=False``
+            no N at all is accepted).
+    """
+
+    def __init__(
+        self,
+        corpus: DnaCorpus,
+        tokenizer: NucleotideTokenizer,
+        seq_len: int,
+        *,
+        seed: int,
+        mask_rate: float = 0.15,
+        max_n_fraction: float = 0.1,
+    ):
+        if tokenizer.alphabet != "ACGT":
+            raise CorpusError(f"a DNA corpus needs the alphabet ACGT, not {tokenizer.alphabet}")
+        if seq_len < 2:
+            raise CorpusError(f"seq_len must be at least 2 ([CLS] and one token), got {seq_len}")
+        self.corpus = corpus
+        self.tokenizer = tokenizer
+        self.seq_len = seq_len
+        self.seed = seed
+        self.window = (seq_len - 2) * tokenizer.stride + tokenizer.kmer
+        self.n_targets = max(1, round(mask_rate * (seq_len - 1)))
+        self.max_n = int(max_n_fraction * self.window) if tokenizer.allow_n else 0
+        # per part: (record, first window start, number of window starts) of each region
+        # long enough for a window, and the probability of drawing from each region
+        self.regions: dict[int, list[tuple[int, int, int]]] = {}
+        self.weights: dict[int, np.ndarray] = {}
+        for part, label in ((TRAIN, "training"), (VALIDATION, "validation")):
+            bounds = [
+                (r, 0, end) if part == TRAIN else (r, end, len(corpus.records[r]))
+                for r, end in enumerate(corpus.split)
+            ]
+            regions = [(r, a, b - a - self.window + 1) for r, a, b in bounds]
+            regions = [region for region in regions if region[2] > 0]
+            if not regions:
+                raise CorpusError(
+                    f"no {label} region of the corpus is {self.window} bases long, the window "
+                    f"that {seq_len} tokens need; use more sequence or a smaller seq_len"
+                )
+            starts = np.array([n for _, _, n in regions], np.float64)
+            self.regions[part], self.weights[part] = regions, starts / starts.sum()
+
+    def _window(self, rng: np.random.Generator, part: int) -> np.ndarray:
+        regions = self.regions[part]
+        for _ in range(1000):
+            record, first, n_starts = regions[rng.choice(len(regions), p=self.weights[part])]
+            start = first + int(rng.integers(n_starts))
+            codes = self.corpus.records[record][start : start + self.window]
+            if rng.random() < 0.5:  # the reverse strand: complement (A<->T, C<->G), reversed
+                codes = np.where(codes == N_CODE, N_CODE, 3 - codes)[::-1]
+            if np.count_nonzero(codes == N_CODE) <= self.max_n:
+                return codes
+        raise CorpusError("1000 windows in a row had too many N; the corpus is mostly gaps")
+
+    def example(self, step: int, row: int, part: int = TRAIN) -> tuple[np.ndarray, ...]:
+        """Tokens, masked positions and targets of example `row` of `step`."""
+        rng = np.random.default_rng((self.seed, part, step, row))
+        while True:
+            tokens = self.tokenizer.encode(LETTERS[self._window(rng, part)].tobytes().decode())
+            candidates = np.flatnonzero(tokens[1:] != UNK) + 1
+            if candidates.size >= self.n_targets:
+                break
+        positions = np.sort(rng.choice(candidates, self.n_targets, replace=False))
+        targets = tokens[positions]
+        action = rng.random(self.n_targets)
+        random_ids = rng.integers(len(SPECIAL_TOKENS), self.tokenizer.vocab_size, self.n_targets)
+        tokens = tokens.copy()
+        tokens[positions] = np.where(
+            action < 0.8, MASK, np.where(action < 0.9, random_ids, targets)
+        )
+        return tokens, positions.astype(np.int32), targets.astype(np.int32)
+
+    def batch(self, step: int, rows: Sequence[int], part: int = TRAIN) -> MlmBatch:
+        """Examples `rows` of `step` (training) or of validation batch `step`."""
+        examples = [self.example(step, row, part) for row in rows]
+        return MlmBatch(*(np.stack(column) for column in zip(*examples, strict=True)))

@@ -1,0 +1,83 @@
+"""`RunConfig`: everything that decides what a pretraining run computes, saved in every
+training checkpoint and in the exported model card. The device mesh is not part of it: a
+run may resume on a different mesh."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from pretraining.optimizer import OptimizerConfig
+from pretraining.presets import PRESETS
+from zoo.config import Config, require, require_choice, require_positive, require_probability
+
+TASKS = ("dna", "expression")
+# Fields that may change when a run is resumed (they do not change the trajectory).
+RESUMABLE_CHANGES = ("steps", "eval_every", "eval_batches", "save_every", "keep")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig(Config):
+    """A pretraining run.
+
+    Attributes:
+        task: ``"dna"`` (masked language modelling of `TransformerSequenceEncoder`) or
+            ``"expression"`` (masked expression of `DifferentiableFoundationModel`).
+        data: corpus files or dataset names.
+        preset: model size, a key of `pretraining.presets.PRESETS`.
+        seq_len: DNA tokens per example (0: the preset's).
+        max_tokens: most gene tokens per cell (0: the preset's, capped at the gene count).
+        dropout: dropout probability of the transformer.
+        steps: optimiser updates in the whole run.
+        batch_size: examples per update (all processes and micro-batches together).
+        seed: seeds the initial weights, the data order, masks and dropout.
+        val_fraction: share of the corpus held out (the end of each DNA record; random
+            cells).
+        eval_every: validate every this many steps (0: only at the end).
+        eval_batches: validation batches of ``batch_size`` examples.
+        save_every: training checkpoint every this many steps (0: only at the end).
+        keep: training checkpoints kept.
+        optimizer: AdamW, schedule, clipping, accumulation and compute dtype.
+    """
+
+    task: str = "dna"
+    data: tuple[str, ...] = ()
+    preset: str = "tiny"
+    seq_len: int = 0
+    max_tokens: int = 0
+    dropout: float = 0.1
+    steps: int = 1000
+    batch_size: int = 32
+    seed: int = 0
+    val_fraction: float = 0.05
+    eval_every: int = 200
+    eval_batches: int = 4
+    save_every: int = 200
+    keep: int = 3
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+
+    def validate(self) -> None:
+        require_choice("task", self.task, TASKS)
+        require_choice("preset", self.preset, tuple(PRESETS))
+        require(len(self.data) > 0, "data: give at least one corpus file or dataset name")
+        require_positive(
+            steps=self.steps,
+            batch_size=self.batch_size,
+            eval_batches=self.eval_batches,
+            keep=self.keep,
+        )
+        require(
+            min(self.seq_len, self.max_tokens, self.eval_every, self.save_every) >= 0,
+            "seq_len, max_tokens, eval_every and save_every must be >= 0",
+        )
+        require_probability(dropout=self.dropout)
+        require(0 < self.val_fraction < 1, f"val_fraction must be in (0, 1): {self.val_fraction}")
+        require(
+            self.batch_size % self.optimizer.accumulate_steps == 0,
+            f"batch_size ({self.batch_size}) must be a multiple of accumulate_steps "
+            f"({self.optimizer.accumulate_steps})",
+        )
+
+    def changes_from(self, saved: RunConfig) -> list[str]:
+        """Fields that differ from `saved` and would change the training trajectory."""
+        mine, theirs = self.to_dict(), saved.to_dict()
+        return [k for k in mine if k not in RESUMABLE_CHANGES and mine[k] != theirs[k]]

@@ -1,0 +1,96 @@
+"""Sharding rules: which mesh axes split which dimension of each parameter.
+
+A leaf is named by its PyTree path (``jax.tree_util.keystr``), e.g.
+``.stack.layers.query.weight``; optimizer-state leaves end with the path of the parameter
+they track (``...mu.stack.layers.query.weight``), so the same rules place them.
+
+* **Tensor parallel** (``model`` axis, Megatron-LM, Shoeybi et al., 2019): the query, key
+  and value projections and the first MLP layer are split along their output units (whole
+  heads and MLP hidden units per device), the attention output and second MLP layer along
+  their input units, so each block needs one reduction after attention and one after the
+  MLP.
+* **FSDP** (``fsdp`` axis, ZeRO-3, Rajbhandari et al., 2020): every parameter and optimizer
+  state leaf is additionally split along its largest dimension that is still free and that
+  the axis size divides; XLA gathers it where it is used.
+* **Data parallel** (``data`` axis): parameters are replicated; only the batch is split.
+
+The leading layer axis of the scanned stack (``.stack.layers.*``) is never split, so each
+scan step reads whole layers.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from pretraining.mesh import BATCH_AXES
+
+TENSOR_PARALLEL_RULES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
+    (r"\.stack\.layers\.(query|key|value)\.weight$", (None, "model", None)),
+    (r"\.stack\.layers\.(query|key|value)\.bias$", (None, "model")),
+    (r"\.stack\.layers\.attention_output\.weight$", (None, None, "model")),
+    (r"\.stack\.layers\.mlp_input\.weight$", (None, "model", None)),
+    (r"\.stack\.layers\.mlp_input\.bias$", (None, "model")),
+    (r"\.stack\.layers\.mlp_output\.weight$", (None, None, "model")),
+)
+STACKED = re.compile(r"\.stack\.layers\.")
+
+
+class ShardingError(ValueError):
+    """A parameter cannot be split the way the mesh asks."""
+
+
+def partition_spec(path: str, shape: tuple[int, ...], mesh: Mesh) -> PartitionSpec:
+    """The `PartitionSpec` of the leaf at `path` with `shape` (see the module docstring).
+
+    Raises:
+        ShardingError: when the ``model`` axis does not divide a dimension it must split
+            (heads or MLP hidden units).
+    """
+    spec: list[str | None] = [None] * len(shape)
+    if mesh.shape["model"] > 1:
+        for pattern, rule in TENSOR_PARALLEL_RULES:
+            if re.search(pattern, path) and len(rule) == len(shape):
+                spec = list(rule)
+                dim = spec.index("model")
+                if shape[dim] % mesh.shape["model"]:
+                    raise ShardingError(
+                        f"{path}: dimension {dim} of size {shape[dim]} cannot be split over "
+                        f"model={mesh.shape['model']}; choose a model axis that divides the "
+                        "number of heads and the MLP width"
+                    )
+                break
+    fsdp = mesh.shape["fsdp"]
+    if fsdp > 1:
+        first_free = 1 if STACKED.search(path) else 0
+        free = [d for d in range(first_free, len(shape)) if spec[d] is None]
+        divisible = [d for d in free if shape[d] % fsdp == 0]
+        if divisible:
+            spec[max(divisible, key=lambda d: shape[d])] = "fsdp"
+    return PartitionSpec(*spec)
+
+
+def tree_shardings(tree: Any, mesh: Mesh) -> Any:
+    """A `NamedSharding` for every array leaf of `tree` (same structure), by
+    `partition_spec`; non-array leaves map to None."""
+
+    def place(path, leaf):
+        if not hasattr(leaf, "shape"):
+            return None
+        spec = partition_spec(jax.tree_util.keystr(path), tuple(leaf.shape), mesh)
+        return NamedSharding(mesh, spec)
+
+    return jax.tree_util.tree_map_with_path(place, tree)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Split the leading (example) axis over ``data`` and ``fsdp``; replicate the rest."""
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Every device holds the whole value."""
+    return NamedSharding(mesh, PartitionSpec())

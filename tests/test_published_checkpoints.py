@@ -1,0 +1,37 @@
+"""Each published checkpoint loads by its catalog name, offline, and reproduces the
+embedding of the fixed real input stored next to it."""
+
+import json
+
+import numpy as np
+import pytest
+
+import zoo
+from checkpoints.catalog import CATALOG
+from finetuning.publish import REFERENCE_FILE, reference_embedding
+
+
+def test_the_catalog_publishes_both_pretrained_models():
+    architectures = {
+        json.loads((CATALOG[n].shipped_folder() / "config.json").read_text())["architecture"]
+        for n in CATALOG
+    }
+    assert {"TransformerSequenceEncoder", "DifferentiableFoundationModel"} <= architectures
+
+
+@pytest.mark.parametrize("name", sorted(CATALOG))
+def test_loads_offline_by_name_and_reproduces_its_reference(name, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model, provenance = zoo.from_pretrained(name, with_provenance=True)
+    assert provenance.source == "catalog"
+    reference = json.loads((provenance.folder / REFERENCE_FILE).read_text())
+    embedding = reference_embedding(model, reference["inputs"])
+    assert embedding.shape == (len(reference["inputs"]), len(reference["embedding"][0]))
+    np.testing.assert_allclose(embedding, np.array(reference["embedding"]), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(CATALOG))
+def test_card_states_provenance_and_downstream_results(name):
+    card = (CATALOG[name].shipped_folder() / "README.md").read_text()
+    assert "## Training data" in card and "sha256" in card
+    assert "## Downstream results" in card and "from scratch" in card
