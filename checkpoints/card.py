@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import string
 from importlib import resources
 from typing import Any
@@ -43,6 +44,7 @@ class DataSource:
         licence: the licence it is distributed under.
         sha256: digest of the file used, so others can check they have the same bytes.
         hub_id: its Hub dataset id, listed in the card's ``datasets`` metadata.
+        contents: what it holds, e.g. ``"1 record, 69,999,930 bases"``.
     """
 
     name: str
@@ -50,6 +52,7 @@ class DataSource:
     licence: str | None = None
     sha256: str | None = None
     hub_id: str | None = None
+    contents: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +65,11 @@ class TrainingRecord:
         examples_unit: ``"tokens"`` or ``"cells"``.
         final_loss: the last training loss.
         hardware: the devices it ran on, e.g. ``"8 x H100"``.
+        objective: what the loss measures.
+        figures: further results of the run as (name, value) pairs, e.g. the final
+            validation loss or the MFU.
+        loss_curve: file name of a loss-curve image stored beside the card.
+        settings: the run's configuration (JSON values), shown verbatim.
     """
 
     steps: int
@@ -69,6 +77,10 @@ class TrainingRecord:
     examples_unit: str = "tokens"
     final_loss: float | None = None
     hardware: str | None = None
+    objective: str | None = None
+    figures: tuple[tuple[str, float | int | str], ...] = ()
+    loss_curve: str | None = None
+    settings: dict[str, Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,7 +138,9 @@ class CardDetails:
         data["training_data"] = tuple(DataSource(**d) for d in data.get("training_data", ()))
         data["evaluation"] = tuple(EvaluationResult(**e) for e in data.get("evaluation", ()))
         if data.get("training") is not None:
-            data["training"] = TrainingRecord(**data["training"])
+            training = dict(data["training"])
+            training["figures"] = tuple(tuple(pair) for pair in training.get("figures", ()))
+            data["training"] = TrainingRecord(**training)
         return cls(**data)
 
 
@@ -199,25 +213,41 @@ def validate_card(text: str) -> ModelCard:
 def _training_data(sources: tuple[DataSource, ...]) -> str:
     if not sources:
         return NOT_RECORDED
-    rows = ["| data set | source | licence | SHA-256 |", "| --- | --- | --- | --- |"]
+    rows = [
+        "| data set | contents | source | licence | SHA-256 |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for s in sources:
         digest = f"`{s.sha256}`" if s.sha256 else "—"
-        rows.append(f"| {s.name} | {s.url or '—'} | {s.licence or '—'} | {digest} |")
+        row = (s.name, s.contents or "—", s.url or "—", s.licence or "—", digest)
+        rows.append("| " + " | ".join(row) + " |")
     return "\n".join(rows)
 
 
 def _training_procedure(record: TrainingRecord | None) -> str:
     if record is None:
         return NOT_RECORDED
-    loss = "—" if record.final_loss is None else f"{record.final_loss:.4g}"
-    return "\n".join(
-        [
-            f"- steps: {record.steps:,}",
-            f"- {record.examples_unit} seen: {record.examples_seen:,}",
-            f"- final training loss: {loss}",
-            f"- hardware: {record.hardware or '—'}",
-        ]
-    )
+    lines = [f"Objective: {record.objective}.", ""] if record.objective else []
+    lines += [
+        f"- steps: {record.steps:,}",
+        f"- {record.examples_unit} seen: {record.examples_seen:,}",
+        f"- final training loss: {_figure(record.final_loss)}",
+        *(f"- {name}: {_figure(value)}" for name, value in record.figures),
+        f"- hardware: {record.hardware or '—'}",
+    ]
+    if record.loss_curve:
+        lines += ["", f"![loss curve]({record.loss_curve})"]
+    if record.settings is not None:
+        lines += ["", "Run settings:", "", "```json", json.dumps(record.settings, indent=2), "```"]
+    return "\n".join(lines)
+
+
+def _figure(value: float | int | str | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 1e4 else f"{value:.4g}"
+    return f"{value:,}" if isinstance(value, int) else value
 
 
 def _evaluation(results: tuple[EvaluationResult, ...]) -> str:

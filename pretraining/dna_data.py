@@ -16,7 +16,6 @@ exactly.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -24,7 +23,7 @@ from typing import NamedTuple
 import numpy as np
 
 from pretraining.provenance import Source
-from pretraining.sources import DATASETS, dataset, sha256_of
+from pretraining.sources import dataset_names, local_source, sha256_of
 from zoo.fasta import read_fasta
 from zoo.nucleotides import MASK, SPECIAL_TOKENS, UNK, NucleotideTokenizer
 
@@ -35,6 +34,7 @@ for _code, _letters in enumerate(("Aa", "Cc", "Gg", "Tt", "NnRrYyKkMmSsWwBbDdHhV
     for _letter in _letters:
         _CODES[ord(_letter)] = _code
 TRAIN, VALIDATION = 0, 1
+FASTA_SUFFIXES = (".fa", ".fa.gz", ".fasta", ".fasta.gz", ".fna", ".fna.gz")
 
 
 class CorpusError(ValueError):
@@ -42,16 +42,15 @@ class CorpusError(ValueError):
 
 
 def resolve(source: str) -> tuple[Path, str | None]:
-    """The local path of `source` (an existing path or a `DATASETS` name) and its licence
-    when it is a catalogued dataset."""
-    if os.path.exists(source):
-        return Path(source), None
-    if source in DATASETS:
-        return dataset(source, quiet=True), DATASETS[source].licence
-    raise CorpusError(
-        f"{source!r} is neither an existing file nor a known dataset; "
-        f"known datasets: {', '.join(sorted(DATASETS))}"
-    )
+    """The local path of `source` (an existing path or a catalogued FASTA dataset) and its
+    licence when it is catalogued."""
+    found = local_source(source, FASTA_SUFFIXES)
+    if found is None:
+        raise CorpusError(
+            f"{source!r} is neither an existing file nor a known dataset; "
+            f"known datasets: {', '.join(dataset_names(FASTA_SUFFIXES))}"
+        )
+    return found
 
 
 def encode_dna(sequence: str, where: str) -> np.ndarray:

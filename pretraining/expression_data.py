@@ -26,7 +26,7 @@ import scipy.sparse as sp
 
 from pretraining.dna_data import TRAIN, VALIDATION
 from pretraining.provenance import Source
-from pretraining.sources import DATASETS, dataset, sha256_of
+from pretraining.sources import dataset_names, local_source, sha256_of
 from zoo.gene_tokenizer import GeneTokenizer
 
 SHARED_FILES = {
@@ -49,20 +49,20 @@ def shared_data_dir() -> Path:
 
 
 def resolve(source: str) -> tuple[Path, str | None]:
-    """The local path of `source` and the licence of a catalogued registry dataset."""
-    if os.path.exists(source):
-        return Path(source), None
-    if source in SHARED_FILES:
+    """The local path of `source` (an existing path, a file of ``SHARED_FILES`` or a
+    catalogued .h5ad dataset) and its licence when it is catalogued."""
+    if source in SHARED_FILES and not os.path.exists(source):
         path = shared_data_dir() / SHARED_FILES[source]
         if not path.is_file():
             raise ExpressionDataError(f"{source!r} is not present at {path}")
         return path, None
-    if source in DATASETS and DATASETS[source].member.endswith(".h5ad"):
-        return dataset(source, quiet=True), DATASETS[source].licence
-    known = sorted([*SHARED_FILES, *(n for n, f in DATASETS.items() if f.member.endswith(".h5ad"))])
-    raise ExpressionDataError(
-        f"{source!r} is neither an existing .h5ad file nor a known dataset; known: {known}"
-    )
+    found = local_source(source, (".h5ad",))
+    if found is None:
+        known = sorted([*SHARED_FILES, *dataset_names((".h5ad",))])
+        raise ExpressionDataError(
+            f"{source!r} is neither an existing .h5ad file nor a known dataset; known: {known}"
+        )
+    return found
 
 
 def read_counts(source: str, path: Path) -> tuple[sp.csr_matrix, list[str]]:

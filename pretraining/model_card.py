@@ -1,17 +1,19 @@
-"""The model card and loss-curve plot written with an exported pretrained model."""
+"""What the model card of an exported pretrained model says, and its loss-curve plot.
+
+The card itself is rendered by `checkpoints.card` like every other checkpoint's."""
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 from typing import Any
 
+from checkpoints.card import CardDetails, DataSource, TrainingRecord
 from pretraining.provenance import Source
 from pretraining.run_config import RunConfig
 
 LOSS_CURVE = "loss_curve.png"
-TASK_TAGS = {"dna": ["dna", "masked-language-modeling"], "expression": ["single-cell"]}
+FINAL_TRAINING_LOSS = "final training loss (mean of last 20 steps)"
+TASK_TAGS = {"dna": ("dna", "masked-language-modeling"), "expression": ("single-cell",)}
 OBJECTIVES = {
     "dna": "masked language modelling (15 % of tokens; 80 % [MASK], 10 % random, 10 % kept); "
     "loss = cross-entropy in nats per masked nucleotide token (uniform baseline log 4 = 1.386)",
@@ -20,52 +22,37 @@ OBJECTIVES = {
 }
 
 
-def render_card(
-    architecture: str,
-    model_config: Any,
-    run: RunConfig,
-    sources: list[Source],
-    summary: dict[str, Any],
-) -> str:
-    """Markdown with Hub YAML metadata, the data provenance, the run's settings and its
-    results (`summary`: steps, units seen, final losses, hardware, ...)."""
-    datasets = "".join(f"- {s.name}\n" for s in sources)
-    tags = "".join(f"- {t}\n" for t in ["biozoo", architecture, *TASK_TAGS[run.task]])
-    data_rows = "".join(
-        f"| `{s.name}` | {s.summary} | `{s.sha256[:16]}…` | {s.licence or 'see source'} |\n"
-        for s in sources
-    )
-
-    def number(value: Any) -> str:
-        if isinstance(value, float):
-            return "n/a" if math.isnan(value) else f"{value:.4f}"
-        return f"{value:,}" if isinstance(value, int) else str(value)
-
-    results = "".join(f"| {name} | {number(value)} |\n" for name, value in summary.items())
-    return (
-        "---\n"
-        "library_name: biozoo\n"
-        "license: other\n"
-        f"tags:\n{tags}"
-        f"datasets:\n{datasets}"
-        "metrics:\n- loss\n"
-        "---\n\n"
-        f"# {architecture} pretrained with biozoo\n\n"
-        f"Objective: {OBJECTIVES[run.task]}.\n\n"
-        '```python\nimport zoo\nmodel = zoo.from_pretrained("path/to/this/folder")\n```\n\n'
-        "## Training data\n\n"
-        "| source | contents | sha256 | licence |\n|---|---|---|---|\n"
-        f"{data_rows}\n"
-        f"Held out for validation: {run.val_fraction:.0%} "
-        f"({'the end of every record' if run.task == 'dna' else 'of the cells, at random'}).\n\n"
-        "## Results\n\n"
-        "| | |\n|---|---|\n"
-        f"{results}\n"
-        f"![loss curve]({LOSS_CURVE})\n\n"
-        "## Run configuration\n\n"
-        f"```json\n{json.dumps(run.to_dict(), indent=2)}\n```\n\n"
-        "## Model configuration\n\n"
-        f"```json\n{json.dumps(model_config.to_dict(), indent=2)}\n```\n"
+def card_details(
+    architecture: str, run: RunConfig, sources: list[Source], summary: dict[str, Any]
+) -> CardDetails:
+    """What the model card of an exported pretraining run says: the data provenance, the
+    objective, the run's settings and its results (`summary`: steps, units seen, final
+    training loss, hardware, then any further figures, in order)."""
+    unit = "tokens" if run.task == "dna" else "cells"
+    held_out = "the end of every record" if run.task == "dna" else "cells drawn at random"
+    figures = [
+        (name, value)
+        for name, value in summary.items()
+        if name not in ("steps", f"{unit} seen", FINAL_TRAINING_LOSS, "hardware")
+    ]
+    return CardDetails(
+        summary=f"A `{architecture}` pretrained with biozoo's `pretrain {run.task}` command.",
+        tags=tuple(TASK_TAGS[run.task]),
+        training_data=tuple(
+            DataSource(name=s.name, contents=s.summary, licence=s.licence, sha256=s.sha256)
+            for s in sources
+        ),
+        training=TrainingRecord(
+            steps=summary["steps"],
+            examples_seen=summary[f"{unit} seen"],
+            examples_unit=unit,
+            final_loss=summary[FINAL_TRAINING_LOSS],
+            hardware=summary["hardware"],
+            objective=OBJECTIVES[run.task],
+            figures=(("held out for validation", f"{run.val_fraction:.0%} ({held_out})"), *figures),
+            loss_curve=LOSS_CURVE,
+            settings=run.to_dict(),
+        ),
     )
 
 

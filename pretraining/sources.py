@@ -345,3 +345,20 @@ def dataset(name: str, *, quiet: bool = False) -> Path:
     if name not in DATASETS:
         raise KeyError(f"unknown dataset {name!r}; known: {sorted(DATASETS)}")
     return fetch(DATASETS[name], quiet=quiet)
+
+
+def local_source(source: str, suffixes: tuple[str, ...]) -> tuple[Path, str | None] | None:
+    """`source` as a local file: an existing path (licence unknown: None), or the verified
+    path and licence of the catalogued dataset of that name whose file ends with one of
+    `suffixes`; None when it is neither."""
+    if os.path.exists(source):
+        return Path(source), None
+    spec = DATASETS.get(source)
+    if spec is not None and spec.member.endswith(suffixes):
+        return dataset(source, quiet=True), spec.licence
+    return None
+
+
+def dataset_names(suffixes: tuple[str, ...]) -> list[str]:
+    """The catalogued datasets whose file ends with one of `suffixes`, sorted."""
+    return sorted(name for name, spec in DATASETS.items() if spec.member.endswith(suffixes))

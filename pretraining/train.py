@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from pretraining.dna_data import VALIDATION
 from pretraining.mesh import describe, make_mesh
-from pretraining.model_card import LOSS_CURVE, plot_loss_curve, render_card
+from pretraining.model_card import FINAL_TRAINING_LOSS, LOSS_CURVE, card_details, plot_loss_curve
 from pretraining.objectives import summarise
 from pretraining.run_config import RunConfig
 from pretraining.state import TrainingCheckpoints
@@ -271,7 +271,7 @@ class Run:
         summary: dict[str, Any] = {
             "steps": self.step,
             f"{self.task.unit} seen": self._examples() * self.task.units_per_example,
-            "final training loss (mean of last 20 steps)": float(
+            FINAL_TRAINING_LOSS: float(
                 np.mean([loss for _, loss in train[-20:]]) if train else math.nan
             ),
             **{f"final validation {k}": v for k, v in validation.items()},
@@ -283,7 +283,7 @@ class Run:
         }
         folder = self.out / EXPORT_DIR
         architecture = architecture_of(model)
-        card = render_card(architecture, model.config, self.config, self.task.sources, summary)
+        card = card_details(architecture, self.config, self.task.sources, summary)
         zoo.save_pretrained(model, folder, card=card)
         baseline = math.log(4) if self.config.task == "dna" else None
         ylabel = "cross-entropy (nats/token)" if self.config.task == "dna" else "masked MSE"

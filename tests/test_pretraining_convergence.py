@@ -38,7 +38,7 @@ def check_export(folder: Path, task_words: str):
     summary = json.loads((folder / "training_summary.json").read_text())
     assert (folder / "loss_curve.png").stat().st_size > 10_000
     assert summary["steps"] == 300
-    for words in ("sha256", "final validation loss", "hardware", "library_name: biozoo"):
+    for words in ("SHA-256", "final validation loss", "hardware", "library_name: biozoo"):
         assert words in card, words
     assert task_words in card
     return model
