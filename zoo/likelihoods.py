@@ -56,10 +56,12 @@ def negative_binomial_log_kernel(
     mean: Float[Array, "*shape"],
     inverse_dispersion: Float[Array, "*shape"],
 ) -> Float[Array, "*shape"]:
-    """``theta log(theta / (theta + mean)) + x log(mean / (theta + mean))``."""
+    """``theta log(theta / (theta + mean)) + x log(mean / (theta + mean))``, computed as
+    ``-(theta + x) log1p(mean / theta) + x log(mean / theta)``: accurate also for the
+    large ``theta`` (dispersion ``1 / theta`` near 0) of nearly Poisson genes."""
     theta = inverse_dispersion
-    log_theta_mean = jnp.log(theta + mean)
-    return theta * (jnp.log(theta) - log_theta_mean) + xlogy(x, mean) - x * log_theta_mean
+    log1p_ratio = jnp.log1p(mean / theta)
+    return xlogy(x, mean / theta) - (theta + x) * log1p_ratio
 
 
 def zinb_log_kernel(

@@ -47,8 +47,8 @@ from zoo.config import Config, require, require_choice, require_positive
 from zoo.cooks import flag_outliers, replicate_cells
 from zoo.dispersion import fit_dispersions, initial_dispersions, linear_means
 from zoo.dispersion_trend import dispersion_prior, shrunken_dispersions
+from zoo.likelihoods import negative_binomial_log_prob
 from zoo.nb_irls import fit_coefficients
-from zoo.negative_binomial import nb_log_prob
 from zoo.size_factors import median_of_ratios
 from zoo.wald import WaldTest, coefficient_covariance, wald_test
 
@@ -379,7 +379,8 @@ class DifferentiableNBGLM(eqx.Module):
         size_factor: Float[ArrayLike, ""] = 1.0,
     ) -> Float[Array, " n_genes"]:
         """Per-gene NB log-likelihood of one sample's counts."""
-        return nb_log_prob(counts, self(design_row, size_factor), self.dispersions)
+        mean = self(design_row, size_factor)
+        return negative_binomial_log_prob(counts, mean, 1.0 / self.dispersions)
 
     def wald_test(self, contrast: Float[ArrayLike, " n_coefficients"]) -> WaldTest:
         """Wald test of ``contrast @ beta = 0`` for every gene (see `zoo.wald`), with

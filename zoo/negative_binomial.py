@@ -1,37 +1,18 @@
-"""The negative binomial in DESeq2's mean-dispersion form.
+"""Digamma and trigamma differences for the negative binomial's dispersion derivatives.
 
-``Y ~ NB(mu, alpha)`` has mean ``mu`` and variance ``mu + alpha * mu**2``; ``alpha`` is the
-dispersion (the NB size, often called ``theta`` or ``r``, is ``1 / alpha``):
-
-    log p(y) = lgamma(y + 1/alpha) - lgamma(1/alpha) - lgamma(y + 1)
-               - (1/alpha) log(1 + alpha mu) + y log(alpha mu / (1 + alpha mu))
+``Y ~ NB(mu, alpha)`` (DESeq2's form) has mean ``mu`` and variance ``mu + alpha * mu**2``;
+the NB size ``r = 1 / alpha``. Its log-probability is `zoo.likelihoods.negative_binomial_log_prob`
+with ``inverse_dispersion = r``; the derivatives in ``alpha`` need ``psi(y + r) - psi(r)``
+and ``psi_1(y + r) - psi_1(r)``, which this module computes without cancellation when
+``r >> y``.
 """
 
 from __future__ import annotations
 
 import jax.numpy as jnp
-from jax.scipy.special import gammaln, xlogy
 from jaxtyping import Array, Float
 
 SHIFT = 10  # recurrence steps before the asymptotic series (its error is then below 1e-13)
-
-
-def nb_log_prob(
-    counts: Float[Array, "*shape"],
-    mean: Float[Array, "*shape"],
-    dispersion: Float[Array, "*#shape"],
-) -> Float[Array, "*shape"]:
-    """Elementwise ``log p(counts)`` under ``NB(mean, dispersion)`` (module docstring)."""
-    size = 1.0 / dispersion
-    log1p_am = jnp.log1p(dispersion * mean)
-    return (
-        gammaln(counts + size)
-        - gammaln(size)
-        - gammaln(counts + 1.0)
-        - size * log1p_am
-        + xlogy(counts, dispersion * mean)
-        - counts * log1p_am
-    )
 
 
 def _digamma_tail(z: Array) -> Array:
