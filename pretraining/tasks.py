@@ -61,10 +61,8 @@ def build_task(run: RunConfig) -> Task:
     key = jax.random.key(run.seed)
     if run.task == "dna":
         corpus = DnaCorpus(run.data, val_fraction=run.val_fraction)
-        # learned positions, as BERT: the fixed sinusoids (unit scale) would drown the
-        # 0.02-scale token embeddings at initialisation and stall learning
         config = TransformerSequenceEncoderConfig(
-            transformer=transformer, max_len=run.seq_len or preset.seq_len, positions="learned"
+            transformer=transformer, max_len=run.seq_len or preset.seq_len
         )
         windows = MaskedWindows(corpus, config.tokenizer, config.max_len, seed=run.seed)
         return Task(

@@ -48,7 +48,9 @@ class TransformerSequenceEncoderConfig(Config):
         allow_n: whether N is accepted (as ``[UNK]``) or rejected.
         max_len: most tokens per sequence, ``[CLS]`` included; the size of the learned
             position table.
-        positions: ``"sinusoidal"`` (fixed) or ``"learned"`` (BERT).
+        positions: ``"learned"`` (BERT, DNABERT) or ``"sinusoidal"`` (fixed; the token
+            embeddings are then multiplied by ``sqrt(dim)``, as Vaswani et al. (2017) do, so
+            that they are not drowned by the unit-amplitude sinusoids).
         pooling: sequence embedding from ``"mean"`` of real tokens or the ``"cls"`` token.
         vocab_size: rows of the token-embedding table when token ids come from an external
             tokenizer (an imported BERT's WordPiece or DNABERT k-mer vocabulary); None uses
@@ -61,7 +63,7 @@ class TransformerSequenceEncoderConfig(Config):
     kmer_stride: int = 1
     allow_n: bool = True
     max_len: int = 512
-    positions: str = "sinusoidal"
+    positions: str = "learned"
     pooling: str = "mean"
     vocab_size: int | None = None
 
@@ -105,8 +107,10 @@ class TransformerSequenceEncoder(eqx.Module):
         t = config.transformer
         vocab = config.n_tokens
         token_key, position_key, stack_key, mlm_key = jax.random.split(key, 4)
+        # Both choices start the tied input/output embedding at logits of about unit scale.
+        token_scale = 0.02 if config.positions == "learned" else t.dim**-0.5
         self.token_embedding = eqx.nn.Embedding(
-            weight=0.02 * jax.random.normal(token_key, (vocab, t.dim))
+            weight=token_scale * jax.random.normal(token_key, (vocab, t.dim))
         )
         self.position_embedding = (
             eqx.nn.Embedding(weight=0.02 * jax.random.normal(position_key, (config.max_len, t.dim)))
@@ -144,7 +148,7 @@ class TransformerSequenceEncoder(eqx.Module):
             )
         x = weight[tokens] if jnp.issubdtype(tokens.dtype, jnp.integer) else tokens @ weight
         if self.position_embedding is None:
-            x = x + sinusoidal_positions(seq_len, x.shape[-1])
+            x = x * x.shape[-1] ** 0.5 + sinusoidal_positions(seq_len, x.shape[-1])
         else:
             x = x + self.position_embedding.weight[:seq_len]
         return x if self.embedding_norm is None else normalise(self.embedding_norm, x)
