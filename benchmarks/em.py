@@ -75,7 +75,8 @@ def synthetic_table(seed: int = 0):
 
 def numpy_em(classes, counts, lengths, tolerance=0.01, min_iterations=52, max_iterations=10_000):
     """The EM of `zoo.em_quantifier` in NumPy (float64): unique reads summed once, shared
-    classes stored flat with ``np.bincount`` doing the per-class and per-transcript sums."""
+    classes stored flat with ``np.bincount`` doing the per-class and per-transcript sums, and
+    the update factored as ours is, ``n_t <- unique_t + w_t * sum_{c ∋ t} N_c / W_c``."""
     n = lengths.size
     sizes = np.array([len(c) for c in classes])
     unique = np.bincount([c[0] for c in classes if len(c) == 1], counts[sizes == 1], minlength=n)
@@ -85,12 +86,12 @@ def numpy_em(classes, counts, lengths, tolerance=0.01, min_iterations=52, max_it
     shared_counts = counts[sizes > 1]
 
     def update(est):
-        weight = (est / lengths)[members]
-        denominator = np.bincount(class_of, weight, minlength=len(shared))
+        weights = est / lengths
+        denominator = np.bincount(class_of, weights[members], minlength=len(shared))
         ratio = np.divide(
             shared_counts, denominator, out=np.zeros_like(denominator), where=denominator > 0
         )
-        return unique + np.bincount(members, weight * ratio[class_of], minlength=n)
+        return unique + weights * np.bincount(members, ratio[class_of], minlength=n)
 
     est = np.full(n, 1.0 / n)
     converged = False

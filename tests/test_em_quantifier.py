@@ -129,6 +129,56 @@ def test_tempered_update_shares_reads_by_powered_weights():
         np.testing.assert_allclose(result.est_counts, 100 * weights / weights.sum(), rtol=1e-5)
 
 
+def _random_table(rng, n_classes, largest):
+    """Classes of 1 to `largest` of 40 transcripts, some with no reads, and transcripts 0-4
+    in no class at all."""
+    n_transcripts = 40
+    sizes = np.minimum(rng.geometric(0.25, n_classes), largest)
+    classes = {tuple(sorted(rng.choice(range(5, n_transcripts), s, False).tolist())) for s in sizes}
+    classes = sorted(classes)
+    counts = rng.poisson(20.0, len(classes)) * (rng.random(len(classes)) > 0.2)
+    return classes, counts.astype(np.float64), rng.uniform(100.0, 3000.0, n_transcripts)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.1, 3.0])
+def test_updates_match_a_dense_numpy_em(temperature):
+    rng = np.random.default_rng(7)
+    classes, counts, lengths = _random_table(rng, n_classes=120, largest=30)  # many buckets
+    membership = np.zeros((len(classes), lengths.size))
+    for row, members in enumerate(classes):
+        membership[row, list(members)] = 1.0
+    expected = np.full(lengths.size, 1.0 / lengths.size)
+    for _ in range(3):  # from equal counts, shares proportional to (n / l) ** (1 / T)
+        powered = membership * (expected / lengths) ** (1.0 / temperature)
+        totals = powered.sum(axis=1, keepdims=True)
+        shares = np.divide(powered, totals, out=np.zeros_like(powered), where=totals > 0)
+        expected = counts @ shares
+    table = EquivalenceClasses.from_lists(classes, counts, lengths.size)
+    model = _quantifier(lengths, n_unrolled=3, temperature=temperature)
+    ours = model(table).est_counts
+    np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-6)
+    assert np.all(ours[:5] == 0)
+    if temperature == 1.0:
+        converged = model.quantify(table).est_counts
+        np.testing.assert_allclose(converged.sum(), counts.sum(), rtol=1e-5)
+
+
+def test_gradients_are_finite_with_empty_classes_and_transcripts():
+    classes, counts, lengths = _random_table(np.random.default_rng(3), n_classes=30, largest=4)
+    table = EquivalenceClasses.from_lists(classes, counts, lengths.size)
+
+    def total(model, table):
+        return (model(table).est_counts * jnp.arange(lengths.size)).sum()
+
+    gradients = eqx.filter_jit(jax.grad(total, argnums=(0, 1), allow_int=True))
+    for temperature in (1.0, 0.3):
+        model = _quantifier(lengths, n_unrolled=2, temperature=temperature)
+        d_model, d_table = gradients(model, table)
+        assert np.all(np.isfinite(d_model.effective_lengths))
+        assert np.all(np.isfinite(d_table.counts))
+        assert np.any(d_table.counts[counts == 0] != 0)  # empty classes still pull
+
+
 def test_gradients_through_the_unrolled_path_are_finite_and_right():
     # Transcripts 0 and 1 share class 2; each also has unique reads.
     classes = EquivalenceClasses.from_lists([[0], [1], [0, 1]], [30.0, 10.0, 60.0], 2)

@@ -25,6 +25,9 @@ Two paths:
   changed by more than ``tolerance`` (relative) in the last update; then set counts below
   1e-8 to zero and make one last update, so their reads go to the other transcripts.
 
+Both paths run on the two views of `EquivalenceClasses` (by class and by transcript), so an
+update is two rounds of gathers and dense sums and never a scatter (see `_Problem.update`).
+
 The module's one array is ``effective_lengths``: with the transcript set it is what makes a
 quantifier specific to a transcriptome and a library (fragment-length distribution), it is
 saved in checkpoints, and gradients reach it.
@@ -33,6 +36,7 @@ saved in checkpoints, and gradients reach it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import NamedTuple
 
 import equinox as eqx
@@ -151,14 +155,17 @@ class DifferentiableEMQuantifier(eqx.Module):
             The `Abundances` after the updates (``iterations`` is ``n_unrolled``).
         """
         self._check(classes)
-        unique, shared = _split_unique(classes)
-        temperature = self.config.temperature
+        problem = _Problem.of(classes, self.effective_lengths)
 
         def update(counts, _):
-            return _em_update(counts, unique, shared, self.effective_lengths, temperature), None
+            return problem.update(counts, self.config.temperature), None
 
-        counts, _ = jax.lax.scan(update, _equal_counts(classes), None, self.config.n_unrolled)
-        return _abundances(counts, self.effective_lengths, jnp.asarray(self.config.n_unrolled))
+        counts, _ = jax.lax.scan(update, problem.equal_counts(), None, self.config.n_unrolled)
+        return _abundances(
+            problem.in_transcript_order(counts),
+            self.effective_lengths,
+            jnp.asarray(self.config.n_unrolled),
+        )
 
     def quantify(self, classes: EquivalenceClasses) -> Abundances:
         """Plain EM to convergence with kallisto 0.48's rule (see module doc), compiled.
@@ -186,7 +193,7 @@ def _run_to_convergence(
     model: DifferentiableEMQuantifier, classes: EquivalenceClasses
 ) -> Abundances:
     config = model.config
-    unique, shared = _split_unique(classes)
+    problem = _Problem.of(classes, model.effective_lengths)
 
     def running(state):
         iteration, _, _, done = state
@@ -196,74 +203,127 @@ def _run_to_convergence(
         # After convergence, one last update from the counts with tiny values zeroed.
         iteration, counts, converged, _ = state
         counts = jnp.where(converged & (counts < _ZERO_BELOW), 0.0, counts)
-        new = _em_update(counts, unique, shared, model.effective_lengths, 1.0)
+        new = problem.update(counts, 1.0)
         moving = (new > _CHANGE_FLOOR) & (jnp.abs(new - counts) > config.tolerance * new)
         settled = ~jnp.any(moving) & (iteration + 1 >= config.min_iterations)
         return iteration + 1, new, settled | converged, converged
 
-    start = (jnp.asarray(0), _equal_counts(classes), jnp.asarray(False), jnp.asarray(False))
+    start = (jnp.asarray(0), problem.equal_counts(), jnp.asarray(False), jnp.asarray(False))
     iterations, counts, _, _ = jax.lax.while_loop(running, step, start)
-    return _abundances(counts, model.effective_lengths, iterations)
+    return _abundances(problem.in_transcript_order(counts), model.effective_lengths, iterations)
 
 
-def _split_unique(
-    classes: EquivalenceClasses,
-) -> tuple[Float[Array, " n_transcripts"], tuple[tuple[Array, Array], ...]]:
-    """Reads of single-transcript classes summed per transcript (they need no sharing), and
-    (counts, padded transcript ids) of each bucket of multi-transcript classes."""
-    unique = jnp.zeros(classes.n_transcripts, classes.counts.dtype)
-    shared = []
-    for bucket in classes.buckets:
-        counts = classes.counts[bucket.classes]
-        if bucket.transcripts.shape[0] == 1:
-            unique = unique.at[bucket.transcripts[0]].add(counts)
-        else:
-            shared.append((counts, bucket.transcripts))
-    return unique, tuple(shared)
+class _Problem(NamedTuple):
+    """One sample's EM inputs, with transcripts at their positions (see
+    `zoo.equivalence_classes`) followed by the padding transcript (length 1, no reads), and
+    the shared classes followed by a padding class (no reads), so that padded ids gather
+    neutral values. The EM runs on counts in position order; `in_transcript_order` maps
+    them back."""
+
+    positions: Int[Array, " n_transcripts"]
+    lengths: Float[Array, " n_padded"]
+    unique: Float[Array, " n_padded"]
+    shared_counts: Float[Array, " n_shared_padded"]
+    members: tuple[Int[Array, "_width _n"], ...]
+    memberships: tuple[Int[Array, "_width _n"], ...]
+
+    @classmethod
+    def of(cls, classes: EquivalenceClasses, lengths: Float[Array, " n_transcripts"]) -> _Problem:
+        """The inputs for `classes` and the effective `lengths` (in transcript-id order)."""
+        n = classes.n_transcripts
+        positions = classes.transcript_positions
+        unique = jnp.zeros(n + 1, classes.counts.dtype)
+        shared_counts = []
+        members = []
+        for bucket in classes.buckets:
+            counts = classes.counts[bucket.classes]
+            if bucket.transcripts.shape[0] == 1:
+                unique = unique.at[bucket.transcripts[0]].add(counts)
+            else:
+                shared_counts.append(counts)
+                members.append(bucket.transcripts)
+        shared_counts.append(jnp.zeros(1, classes.counts.dtype))
+        return cls(
+            positions,
+            jnp.ones(n + 1, lengths.dtype).at[positions].set(lengths),
+            unique,
+            jnp.concatenate(shared_counts),
+            tuple(members),
+            classes.memberships,
+        )
+
+    def update(
+        self, counts: Float[Array, " n_padded"], temperature: float
+    ) -> Float[Array, " n_padded"]:
+        """One (tempered) EM update of the expected counts (see module doc).
+
+        Plain EM factors the update as ``n_t <- unique_t + w_t * sum_{c ∋ t} N_c / W_c``
+        with ``w = n / l`` and ``W_c = sum_{u in c} w_u``: one gather-sum over each class's
+        transcripts, one over each transcript's classes. A class whose ``W_c`` is under 1e-30
+        (all zero: kallisto skips such classes too) shares nothing. The tempered update
+        works in logs, ``n_t <- unique_t + sum_c N_c exp(s_t - logsumexp_{u in c} s_u)``
+        with ``s = log(w) / temperature``, so that no power of ``w`` overflows.
+        """
+        weights = counts / self.lengths
+        if temperature == 1.0:
+            totals = self._over_members(lambda _, ids: _take(weights, ids), jnp.add, 0.0)
+            ratios = jnp.where(totals > 1e-30, self.shared_counts, 0.0) / jnp.maximum(totals, 1e-30)
+            return self.unique + weights * self._over_memberships(lambda _, ids: _take(ratios, ids))
+        alive = weights > 0
+        logits = jnp.where(alive, jnp.log(jnp.where(alive, weights, 1.0)) / temperature, -jnp.inf)
+        peaks = self._over_members(lambda _, ids: _take(logits, ids), jnp.maximum, -jnp.inf)
+        live = peaks > -jnp.inf
+        peaks = jnp.where(live, peaks, 0.0)
+        sums = self._over_members(
+            lambda columns, ids: jnp.exp(_take(logits, ids) - peaks[columns]), jnp.add, 0.0
+        )
+        log_totals = jnp.where(live, peaks + jnp.log(jnp.where(live, sums, 1.0)), jnp.inf)
+        return self.unique + self._over_memberships(
+            lambda rows, ids: (
+                _take(self.shared_counts, ids) * jnp.exp(logits[rows] - _take(log_totals, ids))
+            )
+        )
+
+    def _over_members(self, term, combine, pad: float) -> Float[Array, " n_shared_padded"]:
+        """For each shared class (one column of a bucket), ``term(columns, ids)`` for each
+        row of transcript ids, combined over the rows; then `pad` for the padding slot.
+        Terms of the padding transcript must be neutral for `combine`.
+
+        Gathering row by row lets XLA fuse the gathers and the combination into one loop."""
+        out = []
+        start = 0
+        for ids in self.members:
+            columns = slice(start, start + ids.shape[1])
+            start = columns.stop
+            out.append(functools.reduce(combine, [term(columns, row) for row in ids]))
+        return jnp.concatenate([*out, jnp.full(1, pad, self.unique.dtype)])
+
+    def _over_memberships(self, term) -> Float[Array, " n_padded"]:
+        """For each transcript position, ``term(positions, ids)`` summed over the rows of
+        shared-class ids listing its classes (zero for transcripts in no shared class and for
+        the padding transcript). Terms of the padding class must be zero."""
+        n = self.positions.shape[0]
+        start = n - sum(ids.shape[1] for ids in self.memberships)
+        out = [jnp.zeros(start, self.unique.dtype)]
+        for ids in self.memberships:
+            rows = slice(start, start + ids.shape[1])
+            start = rows.stop
+            out.append(functools.reduce(jnp.add, [term(rows, row) for row in ids]))
+        return jnp.concatenate([*out, jnp.zeros(1, self.unique.dtype)])
+
+    def equal_counts(self) -> Float[Array, " n_padded"]:
+        """The EM's start: every transcript ``1 / n_transcripts`` reads, the padding none."""
+        n = self.positions.shape[0]
+        return jnp.full(n + 1, 1.0 / n, self.unique.dtype).at[n].set(0.0)
+
+    def in_transcript_order(self, counts: Float[Array, " n_padded"]) -> Float[Array, " n"]:
+        """Per-position values back in transcript-id order, without the padding."""
+        return counts[self.positions]
 
 
-def _em_update(
-    counts: Float[Array, " n_transcripts"],
-    unique: Float[Array, " n_transcripts"],
-    shared: tuple[tuple[Array, Array], ...],
-    lengths: Float[Array, " n_transcripts"],
-    temperature: float,
-) -> Float[Array, " n_transcripts"]:
-    """One (tempered) EM update of the expected counts (see module doc)."""
-    n = counts.shape[0]
-    weights = jnp.append(counts / lengths, 0.0)  # id n is padding: weight 0
-    total = jnp.append(unique, 0.0)
-    for class_counts, transcripts in shared:
-        shares = _shares(weights[transcripts], transcripts < n, temperature)
-        total = total.at[transcripts].add(shares * class_counts)
-    return total[:n]
-
-
-def _shares(
-    weights: Float[Array, "width classes"], member: Array, temperature: float
-) -> Float[Array, "width classes"]:
-    """Each class's (column's) read shares, proportional to ``weights ** (1 / temperature)``
-    over its members. A class whose weights sum to under 1e-30 (all zero: kallisto skips
-    such classes too) shares nothing."""
-    if temperature == 1.0:
-        return weights / jnp.maximum(_column_sums(weights), 1e-30)
-    alive = member & (weights > 0)
-    logits = jnp.log(jnp.where(alive, weights, 1.0)) / temperature
-    shares = jax.nn.softmax(logits, axis=0, where=alive)
-    return jnp.where(alive, shares, 0.0)
-
-
-def _column_sums(values: Float[Array, "width classes"]) -> Float[Array, " classes"]:
-    # Narrow buckets are summed row by row, which XLA fuses with the gather that made
-    # `values`; this is about 1.5x faster on CPU than a reduction over axis 0.
-    if values.shape[0] > 16:
-        return values.sum(axis=0)
-    return sum(values[1:], start=values[0])
-
-
-def _equal_counts(classes: EquivalenceClasses) -> Float[Array, " n_transcripts"]:
-    n = classes.n_transcripts
-    return jnp.full(n, 1.0 / n, classes.counts.dtype)
+def _take(values: Array, ids: Array) -> Array:
+    """``values[ids]`` for ids known to be in range (built so by `EquivalenceClasses`)."""
+    return values.at[ids].get(mode="promise_in_bounds", wrap_negative_indices=False)
 
 
 def _abundances(

@@ -4,13 +4,21 @@ An equivalence class is the set of transcripts a read is compatible with (kallis
 pseudoalignment, salmon's selective alignment); reads with the same set are counted together.
 Quantification only needs, per class, its read count and its transcript set.
 
-The sets are stored as padded index lists grouped into buckets of similar size: a bucket is
-a ``(width, n_classes_in_bucket)`` matrix of transcript ids, one column per class, padded
-with the id ``n_transcripts``. The widths are 1, 2, 3, 4, 6, 8, 12, 16, 24, ... (two per
-doubling): a class is padded by less than half its size, memory grows with the total class
-size (never with reads x transcripts), and few buckets keep compilation short. Dense
-columns let the EM share each class's reads with elementwise arithmetic instead of segment
-reductions.
+The sets are stored twice, as padded index matrices grouped into buckets of similar width
+(1, 2, 3, 4, 6, 8, 12, 16, 24, ...: two per doubling, so padding stays under half a list and
+few buckets keep compilation short), one view for each direction of an EM update:
+
+* by class: a bucket is a ``(width, n_classes_in_bucket)`` matrix, column ``i`` listing the
+  transcripts of one class, padded with the id ``n_transcripts``;
+* by transcript: for the classes with more than one transcript (the *shared* classes, which
+  are numbered in bucket order), a matrix per bucket of transcripts whose column ``j`` lists
+  the shared classes containing one transcript, padded with the id ``n_shared``.
+
+Transcripts are referred to by their *position*: transcripts sorted by the width of their
+by-transcript list (stably, so ties keep their ids' order). Each by-transcript bucket then
+covers a contiguous run of positions, after the transcripts in no shared class. Memory grows
+with the total class size (never with reads x transcripts), and both directions of an update
+are gathers along rows followed by dense sums, with no scatter.
 """
 
 from __future__ import annotations
@@ -28,8 +36,8 @@ class ClassBucket(eqx.Module):
 
     Attributes:
         classes: row index of each class in `EquivalenceClasses.counts`.
-        transcripts: column ``i`` holds the transcript ids of class ``classes[i]``, padded
-            with ``n_transcripts``.
+        transcripts: column ``i`` holds the positions of the transcripts of class
+            ``classes[i]``, padded with ``n_transcripts``.
     """
 
     classes: Int[Array, " n"]
@@ -43,12 +51,17 @@ class EquivalenceClasses(eqx.Module):
 
     Attributes:
         counts: reads in each class (float so gradients can flow to them).
-        buckets: the classes' transcript lists, bucketed by size.
+        buckets: the classes' transcript lists, bucketed by width (widest last).
+        transcript_positions: the position of each transcript (see module doc).
+        memberships: the shared classes containing each transcript, one matrix per bucket of
+            positions; shared classes are numbered in the order of the buckets of width > 1.
         n_transcripts: number of transcripts the ids refer to.
     """
 
     counts: Float[Array, " n_classes"]
     buckets: tuple[ClassBucket, ...]
+    transcript_positions: Int[Array, " n_transcripts"]
+    memberships: tuple[Int[Array, "_width _n"], ...]
     n_transcripts: int = eqx.field(static=True)
 
     @classmethod
@@ -80,17 +93,39 @@ class EquivalenceClasses(eqx.Module):
             raise ValueError(f"equivalence class {int(np.argmax(sizes == 0))} has no transcripts")
         flat = np.concatenate([np.asarray(members, np.int64).ravel() for members in transcripts])
         _check_ids(flat, sizes, n_transcripts)
-        starts = np.cumsum(sizes) - sizes
+        class_of = np.repeat(np.arange(sizes.size), sizes)
+        shared = sizes[class_of] > 1  # the entries of classes with more than one transcript
+        positions = _positions(np.bincount(flat[shared], minlength=n_transcripts))
         widths = _bucket_widths(sizes)
-        buckets = []
-        for width in np.unique(widths):
-            rows = np.flatnonzero(widths == width)
-            padded = np.full((int(width), rows.size), n_transcripts, np.int32)
-            for slot in range(int(width)):
-                filled = sizes[rows] > slot
-                padded[slot, filled] = flat[starts[rows[filled]] + slot]
-            buckets.append(ClassBucket(jnp.asarray(rows, jnp.int32), jnp.asarray(padded)))
-        return cls(jnp.asarray(counts), tuple(buckets), n_transcripts)
+        starts = np.cumsum(sizes) - sizes
+        rows_by_width = {int(width): np.flatnonzero(widths == width) for width in np.unique(widths)}
+        buckets = tuple(
+            ClassBucket(
+                jnp.asarray(rows, jnp.int32),
+                jnp.asarray(
+                    _padded_columns(
+                        positions[flat], starts[rows], sizes[rows], width, n_transcripts
+                    )
+                ),
+            )
+            for width, rows in rows_by_width.items()
+        )
+        # Width 1 is exactly size 1, so the shared classes are the buckets of width > 1.
+        shared_rows = np.concatenate(
+            [rows for width, rows in rows_by_width.items() if width > 1] + [np.zeros(0, np.int64)]
+        )
+        shared_ids = np.empty(sizes.size, np.int64)
+        shared_ids[shared_rows] = np.arange(shared_rows.size)
+        memberships = _memberships(
+            positions[flat[shared]], shared_ids[class_of[shared]], n_transcripts, shared_rows.size
+        )
+        return cls(
+            jnp.asarray(counts),
+            buckets,
+            jnp.asarray(positions, jnp.int32),
+            memberships,
+            n_transcripts,
+        )
 
     @property
     def n_classes(self) -> int:
@@ -102,6 +137,45 @@ class EquivalenceClasses(eqx.Module):
         `from_lists`."""
         counts = _checked_counts(counts, self.n_classes)
         return eqx.tree_at(lambda c: c.counts, self, jnp.asarray(counts))
+
+
+def _positions(degrees: np.ndarray) -> np.ndarray:
+    """Each transcript's position: transcripts sorted stably by the padded width of their list
+    of shared classes (`degrees` long)."""
+    by_position = np.argsort(_bucket_widths(degrees), kind="stable")
+    positions = np.empty_like(by_position)
+    positions[by_position] = np.arange(by_position.size)
+    return positions
+
+
+def _memberships(
+    entry_positions: np.ndarray, entry_classes: np.ndarray, n_transcripts: int, n_shared: int
+) -> tuple[Array, ...]:
+    """The by-transcript view (see module doc) of the shared classes' entries, given as the
+    position of each entry's transcript and the shared id of its class."""
+    by_transcript = np.lexsort((entry_classes, entry_positions))
+    degrees = np.bincount(entry_positions, minlength=n_transcripts)
+    starts = np.cumsum(degrees) - degrees
+    widths = _bucket_widths(degrees)
+    memberships = []
+    for width in np.unique(widths[widths > 0]):
+        run = np.flatnonzero(widths == width)  # contiguous, by the choice of positions
+        padded = _padded_columns(
+            entry_classes[by_transcript], starts[run], degrees[run], int(width), n_shared
+        )
+        memberships.append(jnp.asarray(padded))
+    return tuple(memberships)
+
+
+def _padded_columns(
+    values: np.ndarray, starts: np.ndarray, lengths: np.ndarray, width: int, fill: int
+) -> np.ndarray:
+    """A ``(width, len(starts))`` int32 matrix whose column ``i`` holds
+    ``values[starts[i] : starts[i] + lengths[i]]``, padded with `fill`."""
+    slot = np.arange(width)[:, None]
+    filled = slot < lengths[None, :]
+    taken = values[np.where(filled, starts[None, :] + slot, 0)]
+    return np.where(filled, taken, fill).astype(np.int32)
 
 
 def _checked_counts(counts: Sequence[float] | np.ndarray, n_classes: int) -> np.ndarray:
@@ -143,7 +217,7 @@ def _check_ids(flat: np.ndarray, sizes: np.ndarray, n_transcripts: int) -> None:
 
 
 def _bucket_widths(sizes: np.ndarray) -> np.ndarray:
-    """Padded width for each class size: rounded up to a multiple of
+    """Padded width for each list length: rounded up to a multiple of
     ``2 ** max(ceil(log2(size)) - 2, 0)``, giving the widths 1, 2, 3, 4, 6, 8, 12, 16, ..."""
     octave = np.ceil(np.log2(np.maximum(sizes, 1))).astype(np.int64)
     step = 2 ** np.maximum(octave - 2, 0)
