@@ -50,8 +50,12 @@ def finetune(args: argparse.Namespace) -> int:
     from finetuning.run import run_fine_tune
     from finetuning.tasks import TASKS
     from finetuning.train import FineTuneConfig
+    from pretraining.mesh import make_mesh
+    from pretraining.state import TrainingCheckpoints
+    from pretraining.steps import check_batch_size
 
-    task = TASKS[args.task]()
+    if args.resume and not args.checkpoint_dir:
+        raise SystemExit("error: --resume needs the --checkpoint-dir of the fine-tune to continue")
     config = FineTuneConfig(
         strategy=args.strategy,
         freeze_layers=args.freeze_layers,
@@ -64,12 +68,29 @@ def finetune(args: argparse.Namespace) -> int:
         eval_every=args.eval_every,
         seed=args.seed,
     )
+    mesh = make_mesh(args.mesh)  # settings are checked before any data is read
+    check_batch_size(config.batch_size, mesh, 1)
+    state = None
+    if args.checkpoint_dir:
+        state = TrainingCheckpoints(args.checkpoint_dir, save_every=args.save_every, keep=2)
+    task = TASKS[args.task]()
     if args.base:
         backbone, provenance = checkpoints.from_pretrained(args.base, with_provenance=True)
         base_model = provenance.repo_id or args.base
     else:
         backbone, base_model = default_backbone(task), None
-    result, folder = run_fine_tune(task, backbone, config, Path(args.out), base_model=base_model)
+    result, folder = run_fine_tune(
+        task,
+        backbone,
+        config,
+        Path(args.out),
+        base_model=base_model,
+        mesh=mesh,
+        checkpoints=state,
+        resume=args.resume,
+    )
+    if result.resumed_from is not None:
+        print(f"resumed from step {result.resumed_from}")
     print(f"test: {', '.join(f'{k}={v:.3f}' for k, v in result.test.items())}")
     print(f"saved: {folder}")
     if args.push:
@@ -95,6 +116,30 @@ def add_finetune_command(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="outputs/finetune", help="where the result is saved")
     p.add_argument("--push", metavar="REPO_ID", help="also push the result to the Hub")
+    p.add_argument(
+        "--mesh",
+        default="",
+        help="device mesh as axis=size pairs over data, fsdp and model, e.g. data=4,fsdp=2; "
+        "-1 takes the remaining devices; --batch-size must be a multiple of data x fsdp "
+        "(default: data=-1, every device data parallel)",
+    )
+    p.add_argument(
+        "--checkpoint-dir",
+        help="save the training state (weights, optimiser, best model, early stopping) here, "
+        "so that a killed fine-tune can be resumed (default: no training checkpoints)",
+    )
+    p.add_argument(
+        "--save-every",
+        type=int,
+        default=50,
+        help="steps between training checkpoints; 0: only at the end (default: %(default)s)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest checkpoint in --checkpoint-dir (same command "
+        "otherwise); the result is that of an uninterrupted fine-tune",
+    )
     p.set_defaults(func=finetune)
 
 

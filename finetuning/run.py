@@ -7,11 +7,13 @@ import json
 from pathlib import Path
 
 import jax
+from jax.sharding import Mesh
 
 from checkpoints.card import CardDetails, DataSource, EvaluationResult, TrainingRecord
 from finetuning.metrics import plot_confusion_matrix
 from finetuning.tasks import Task
 from finetuning.train import FineTuneConfig, FineTuneResult, fine_tune
+from pretraining.state import TrainingCheckpoints
 from zoo.registry import architecture_of
 from zoo.task_model import BACKBONES, TaskModel, TaskModelConfig
 
@@ -82,9 +84,20 @@ def run_fine_tune(
     *,
     base_model: str | None,
     progress: bool = True,
+    mesh: Mesh | None = None,
+    checkpoints: TrainingCheckpoints | None = None,
+    resume: bool = False,
 ) -> tuple[FineTuneResult, Path]:
-    """Fine-tune `backbone` on `task`, save the result to `out`, return both."""
+    """Fine-tune `backbone` on `task` (on `mesh`, saving training state to `checkpoints`,
+    resuming from it with `resume`: see `finetuning.train.fine_tune`), save the result to
+    `out`, return both."""
     result = fine_tune(
-        task_model(task, backbone, seed=config.seed), task, config, progress=progress
+        task_model(task, backbone, seed=config.seed),
+        task,
+        config,
+        mesh=mesh,
+        checkpoints=checkpoints,
+        resume=resume,
+        progress=progress,
     )
     return result, save_result(result, task, config, out, base_model=base_model)

@@ -8,13 +8,17 @@ every ``eval_every`` steps, the best one (lowest validation loss) is kept, and t
 stops after ``patience`` evaluations without improvement. Only the leaves the strategy's
 filter spec marks as trainable are differentiated and carry optimiser state.
 
-Batch ``b`` of step ``s`` depends only on ``(seed, s)``, so runs are reproducible.
+The fine-tune runs on a device mesh (data parallel, FSDP, tensor parallel; see
+`finetuning.steps`) and can save its whole state, early stopping included, through
+`pretraining.state.TrainingCheckpoints`. The batch and the dropout keys of step ``s``
+depend only on ``(seed, s)``, so a fine-tune killed and resumed from its last checkpoint
+ends exactly as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
+import hashlib
 from typing import Any
 
 import equinox as eqx
@@ -22,12 +26,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 from tqdm import tqdm
 
 from checkpoints.tree_keys import key_of
+from finetuning.early_stopping import EarlyStopping
 from finetuning.metrics import classification_report, confusion_matrix
+from finetuning.steps import FineTuneSteps, batch_rows
 from finetuning.strategies import finish, prepare
 from finetuning.tasks import Split, Task
+from pretraining.mesh import make_mesh
+from pretraining.state import TrainingCheckpoints
+from pretraining.train import RunError, host_values
 from zoo.config import Config, require, require_choice, require_positive
 from zoo.sequence_embedding import SequenceEmbedding
 from zoo.task_model import TaskModel
@@ -95,6 +105,8 @@ class FineTuneResult:
         history: one dict per evaluation (step, train loss, validation loss and metrics).
         test: accuracy, MCC, macro-F1 and AUROC on the test split.
         confusion: the test confusion matrix.
+        resumed_from: the step of the training checkpoint it continued from (None: it
+            started afresh).
     """
 
     model: TaskModel
@@ -102,6 +114,7 @@ class FineTuneResult:
     history: list[dict[str, float | int]]
     test: dict[str, float]
     confusion: np.ndarray
+    resumed_from: int | None = None
 
 
 def model_inputs(model: TaskModel, split: Split) -> tuple[np.ndarray, ...]:
@@ -156,124 +169,208 @@ def class_weights(labels: np.ndarray, n_classes: int, enabled: bool) -> np.ndarr
     return (len(labels) / (n_classes * np.maximum(counts, 1))).astype(np.float32)
 
 
+def fine_tune_optimizer(
+    config: FineTuneConfig, model: TaskModel, spec: Any
+) -> optax.GradientTransformation:
+    """AdamW with warm-up, cosine decay, clipping and layer-wise decay for the leaves of
+    `model` that `spec` trains (see the module docstring)."""
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, config.learning_rate, config.warmup_steps, config.max_steps
+    )
+    return optax.chain(
+        optax.clip_by_global_norm(1.0),
+        optax.adamw(schedule, weight_decay=config.weight_decay),
+        scale_by_tree(layer_multipliers(eqx.filter(model, spec), model, config.layer_decay)),
+    )
+
+
+def model_fingerprint(model: eqx.Module) -> str:
+    """SHA-256 of the paths, dtypes, shapes and values of `model`'s arrays: tells whether a
+    resumed fine-tune starts from the same model."""
+    digest = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_leaves_with_path(eqx.filter(model, eqx.is_array)):
+        value = np.asarray(leaf)
+        digest.update(f"{jax.tree_util.keystr(path)} {value.dtype} {value.shape}".encode())
+        digest.update(np.ascontiguousarray(value).tobytes())
+    return digest.hexdigest()
+
+
+def evaluation_record(
+    step: int, running: list[float], labels: np.ndarray, probabilities: np.ndarray
+) -> dict[str, float | int]:
+    """Step, mean training loss since the last evaluation, validation loss and metrics."""
+    picked = probabilities[np.arange(len(probabilities)), labels]
+    record: dict[str, float | int] = {
+        "step": step,
+        "train_loss": float(np.mean(running)),
+        "validation_loss": float(-np.log(np.maximum(picked, 1e-12)).mean()),
+    }
+    report = classification_report(labels, probabilities)
+    return record | {f"validation_{k}": v for k, v in report.items()}
+
+
 def fine_tune(
-    model: TaskModel, task: Task, config: FineTuneConfig, *, progress: bool = True
+    model: TaskModel,
+    task: Task,
+    config: FineTuneConfig,
+    *,
+    mesh: Mesh | None = None,
+    checkpoints: TrainingCheckpoints | None = None,
+    resume: bool = False,
+    progress: bool = True,
 ) -> FineTuneResult:
-    """Fine-tune `model` on `task` (see the module docstring)."""
+    """Fine-tune `model` on `task` (see the module docstring).
+
+    Args:
+        model: a classifier with one output per class of `task`.
+        task: the task and its fixed splits.
+        config: how to fine-tune.
+        mesh: the devices (`pretraining.mesh.make_mesh`); parameters and optimiser state are
+            placed by the sharding rules and the batch is split over the data axes
+            (`finetuning.steps`). Default: the first device alone.
+        checkpoints: where the training state (trained leaves, optimiser state, the best
+            model so far and the early-stopping state) is saved, every ``save_every`` steps
+            and when the fine-tune ends.
+        resume: continue from the newest of `checkpoints`; the result is exactly that of an
+            uninterrupted fine-tune.
+        progress: show a progress bar.
+
+    Raises:
+        ValueError: the head does not match the task.
+        pretraining.steps.BatchSizeError: the data axes of `mesh` do not divide the batch.
+        pretraining.train.RunError: `checkpoints` hold a state but `resume` is not set, or
+            the state comes from another task, config or starting model.
+        pretraining.state.StateError: the state holds other parameters.
+    """
     if model.config.task != "classification" or model.config.n_outputs != len(task.classes):
         raise ValueError(
             f"the model needs a {len(task.classes)}-class classification head for {task.name}"
         )
-    key = jax.random.key(config.seed)
+    mesh = make_mesh("data=1", jax.devices()[:1]) if mesh is None else mesh
+    identity = {
+        "config": config.to_dict(),
+        "task": task.name,
+        "starting_model": model_fingerprint(model),
+    }
     model, spec = prepare(
         model,
         config.strategy,
         freeze_layers=config.freeze_layers,
         lora_rank=config.lora_rank,
         lora_alpha=config.lora_alpha,
-        key=jax.random.fold_in(key, 1),
+        key=jax.random.fold_in(jax.random.key(config.seed), 1),
     )
-    params, static = eqx.partition(model, spec)
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, config.learning_rate, config.warmup_steps, config.max_steps
+    steps = FineTuneSteps(
+        model,
+        spec,
+        fine_tune_optimizer(config, model, spec),
+        mesh,
+        class_weights=class_weights(task.train.labels, len(task.classes), config.class_weighting),
+        batch_size=config.batch_size,
+        seed=config.seed,
     )
-    optimizer = optax.chain(
-        optax.clip_by_global_norm(1.0),
-        optax.adamw(schedule, weight_decay=config.weight_decay),
-        scale_by_tree(layer_multipliers(params, model, config.layer_decay)),
-    )
-    opt_state = optimizer.init(params)
-    weights = jnp.asarray(
-        class_weights(task.train.labels, len(task.classes), config.class_weighting)
-    )
-    train_inputs = model_inputs(model, task.train)
+    train_arrays = (*model_inputs(model, task.train), task.train.labels.astype(np.int32))
     validation_inputs = model_inputs(model, task.validation)
+    params, frozen = steps.place(model)
+    stopping = EarlyStopping(config.patience)
+    step, finished = 0, False
+    latest = None if checkpoints is None else checkpoints.latest_step()
+    if latest is None:
+        opt_state, best = steps.init_optimizer(params), steps.copy(params)
+    else:
+        saved, metadata = restore(checkpoints, latest, steps, identity, resume)
+        params, opt_state, best = saved["params"], saved["opt_state"], saved["best_params"]
+        stopping = EarlyStopping.from_dict(metadata["early_stopping"])
+        step, finished = metadata["step"], metadata["finished"]
 
-    def loss_fn(params, inputs, labels, step_key):
-        net = eqx.combine(params, static)
-        keys = jax.random.split(step_key, labels.shape[0])
-        logits = jax.vmap(lambda k, *x: net(*x, key=k))(keys, *inputs)
-        losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-        return (losses * weights[labels]).sum() / weights[labels].sum()
-
-    @eqx.filter_jit
-    def train_step(params, opt_state, inputs, labels, step_key):
-        loss, grads = jax.value_and_grad(loss_fn)(params, inputs, labels, step_key)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    rng = np.random.default_rng(config.seed)
-    n = len(task.train)
-    best = (math.inf, params, 0)
-    history: list[dict[str, float | int]] = []
-    waited, running = 0, []
     bar = tqdm(
-        range(1, config.max_steps + 1),
+        total=config.max_steps,
+        initial=step,
         desc=f"fine-tune {task.name} ({config.strategy})",
         disable=not progress,
     )
-    for step in bar:
-        rows = rng.choice(n, config.batch_size, replace=n < config.batch_size)
-        batch = tuple(jnp.asarray(x[rows]) for x in train_inputs)
-        step_key = jax.random.fold_in(key, step)
-        params, opt_state, loss = train_step(
-            params, opt_state, batch, jnp.asarray(task.train.labels[rows]), step_key
+    while not finished:
+        step += 1
+        rows = batch_rows(config.seed, step, len(task.train), config.batch_size)
+        params, opt_state, loss = steps.train_step(
+            params, opt_state, frozen, steps.batch(train_arrays, rows), np.int32(step)
         )
-        running.append(float(loss))
+        stopping.running.append(float(host_values(loss)))
+        bar.update(1)
         if step % config.eval_every == 0 or step == config.max_steps:
-            net = eqx.nn.inference_mode(eqx.combine(params, static))
-            probabilities = predict_probabilities(net, validation_inputs)
-            validation_loss = float(
-                -np.log(
-                    np.maximum(
-                        probabilities[np.arange(len(probabilities)), task.validation.labels], 1e-12
-                    )
-                ).mean()
+            probabilities = steps.predict(params, frozen, validation_inputs)
+            record = evaluation_record(
+                step, stopping.running, task.validation.labels, probabilities
             )
-            record = {
-                "step": step,
-                "train_loss": float(np.mean(running)),
-                "validation_loss": validation_loss,
-            }
-            record |= {
-                f"validation_{k}": v
-                for k, v in classification_report(task.validation.labels, probabilities).items()
-            }
-            history.append(record)
-            running = []
+            if stopping.evaluated(record):
+                best = steps.copy(params)
+            finished = step == config.max_steps or stopping.should_stop
             bar.set_postfix(
                 loss=f"{record['train_loss']:.3f}",
-                val=f"{validation_loss:.3f}",
+                val=f"{record['validation_loss']:.3f}",
                 acc=f"{record['validation_accuracy']:.3f}",
             )
-            if validation_loss < best[0]:
-                best, waited = (validation_loss, params, step), 0
-            else:
-                waited += 1
-                if waited >= config.patience:
-                    break
+        if checkpoints is not None:
+            state = {"params": params, "opt_state": opt_state, "best_params": best}
+            metadata = {**identity, "early_stopping": stopping.to_dict(), "finished": finished}
+            checkpoints.save(step, state, metadata, force=finished)
     bar.close()
-    final = eqx.nn.inference_mode(finish(eqx.combine(best[1], static)), value=False)
+    if checkpoints is not None:
+        checkpoints.wait()
+
+    best, frozen = jax.tree.map(jnp.asarray, host_values((best, frozen)))
+    final = eqx.nn.inference_mode(finish(steps.model(best, frozen)), value=False)
     probabilities = predict_probabilities(
         eqx.nn.inference_mode(final), model_inputs(final, task.test)
     )
     return FineTuneResult(
         model=final,
         steps=step,
-        history=history,
+        history=stopping.history,
         test=classification_report(task.test.labels, probabilities),
         confusion=confusion_matrix(task.test.labels, probabilities.argmax(1), len(task.classes)),
+        resumed_from=latest,
     )
+
+
+def restore(
+    checkpoints: TrainingCheckpoints,
+    step: int,
+    steps: FineTuneSteps,
+    identity: dict[str, Any],
+    resume: bool,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The state saved at `step`, placed on the current mesh, and its metadata, after
+    checking that `resume` is set and that the checkpoint has the config, task and starting
+    model fingerprint of `identity`."""
+    folder = checkpoints.manager.directory
+    if not resume:
+        raise RunError(
+            f"{folder} already holds a fine-tuning checkpoint (step {step}); pass --resume to "
+            "continue it, or choose another checkpoint folder"
+        )
+    state, metadata = checkpoints.restore(step, steps.abstract_state())
+    changed = [name.replace("_", " ") for name in identity if metadata[name] != identity[name]]
+    if changed:
+        raise RunError(
+            f"{folder} holds a fine-tune with another {' and '.join(changed)}; resume with the "
+            "same command, or choose another checkpoint folder"
+        )
+    return state, metadata
 
 
 def predict_probabilities(
     model: TaskModel, inputs: tuple[np.ndarray, ...], batch_size: int = 256
 ) -> np.ndarray:
     """Class probabilities of every example (the model in inference mode)."""
-    predict = eqx.filter_jit(lambda m, *x: jax.nn.softmax(jax.vmap(m)(*x), axis=-1))
     n = len(inputs[0])
     chunks = [
-        predict(model, *(jnp.asarray(x[i : i + batch_size]) for x in inputs))
+        _probabilities(model, *(jnp.asarray(x[i : i + batch_size]) for x in inputs))
         for i in range(0, n, batch_size)
     ]
     return np.concatenate([np.asarray(c) for c in chunks]).astype(np.float64)
+
+
+@eqx.filter_jit
+def _probabilities(model: TaskModel, *inputs: jax.Array) -> jax.Array:
+    return jax.nn.softmax(jax.vmap(model)(*inputs), axis=-1)

@@ -15,7 +15,10 @@ they track (``...mu.stack.layers.query.weight``), so the same rules place them.
 * **Data parallel** (``data`` axis): parameters are replicated; only the batch is split.
 
 The leading layer axis of the scanned stack (``.stack.layers.*``) is never split, so each
-scan step reads whole layers.
+scan step reads whole layers. Fine-tuning's surgery is named like the plain model: the two
+parts of a cut stack (``.stack.first.layers.*``, ``.stack.rest.layers.*``) like
+``.stack.layers.*``, and the frozen base layer of a LoRA-wrapped projection
+(``.query.base.weight``) like the projection itself (`rule_path`).
 """
 
 from __future__ import annotations
@@ -37,6 +40,13 @@ TENSOR_PARALLEL_RULES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
     (r"\.stack\.layers\.mlp_output\.weight$", (None, None, "model")),
 )
 STACKED = re.compile(r"\.stack\.layers\.")
+CUT_STACK = re.compile(r"\.stack\.(?:first|rest)\.layers\.")
+LORA_BASE = re.compile(r"\.(query|key|value|attention_output)\.base\.")
+
+
+def rule_path(path: str) -> str:
+    """`path` as the rules name it (see the module docstring)."""
+    return LORA_BASE.sub(r".\1.", CUT_STACK.sub(".stack.layers.", path))
 
 
 class ShardingError(ValueError):
@@ -51,6 +61,7 @@ def partition_spec(path: str, shape: tuple[int, ...], mesh: Mesh) -> PartitionSp
             (heads or MLP hidden units).
     """
     spec: list[str | None] = [None] * len(shape)
+    path = rule_path(path)
     if mesh.shape["model"] > 1:
         for pattern, rule in TENSOR_PARALLEL_RULES:
             if re.search(pattern, path) and len(rule) == len(shape):

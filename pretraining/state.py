@@ -27,6 +27,16 @@ def leaf_paths(tree: Any) -> list[str]:
     return [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_leaves_with_path(tree)]
 
 
+def abstract_state(tree: Any, shardings: Any) -> Any:
+    """`tree` as `jax.ShapeDtypeStruct` leaves placed by `shardings` (same structure): the
+    target that `TrainingCheckpoints.restore` fills."""
+    return jax.tree.map(
+        lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+        tree,
+        shardings,
+    )
+
+
 class TrainingCheckpoints:
     """Periodic training checkpoints in ``directory``.
 

@@ -29,7 +29,7 @@ from pretraining.mesh import describe, make_mesh
 from pretraining.model_card import FINAL_TRAINING_LOSS, LOSS_CURVE, card_details, plot_loss_curve
 from pretraining.objectives import summarise
 from pretraining.run_config import RunConfig
-from pretraining.state import TrainingCheckpoints
+from pretraining.state import TrainingCheckpoints, abstract_state
 from pretraining.steps import CompiledSteps, check_batch_size
 from pretraining.tasks import Task, build_task
 from pretraining.throughput import peak_flops
@@ -147,13 +147,9 @@ class Run:
     def _abstract_state(self) -> dict[str, Any]:
         params = eqx.filter(self.task.model, eqx.is_array)
         opt_state = jax.eval_shape(self.steps.optimizer.init, params)
-
-        def abstract(x, sharding):
-            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
-
         return {
-            "params": jax.tree.map(abstract, params, self.steps.param_shardings),
-            "opt_state": jax.tree.map(abstract, opt_state, self.steps.opt_shardings),
+            "params": abstract_state(params, self.steps.param_shardings),
+            "opt_state": abstract_state(opt_state, self.steps.opt_shardings),
         }
 
     def _restore(self, step: int) -> tuple[Any, Any, int]:
