@@ -61,7 +61,7 @@ CATALOG: dict[str, CatalogEntry] = {
         commit=None,
         sha256={
             "config.json": "7ed9f9b3a62cf76bb59afb6b46a27565218b881121cf7721275e2fd5d058732b",
-            "model.safetensors": "fcb8392fed03e1ffef550f5f54c172933777f9e1ea2cd47741f8cc0df694bc95",
+            "model.safetensors": "9c4ab5ab01cb2b5fbcdf7c12dc269bd37cfb1e0ee4ff4dc7b68874f68f46e517",
         },
         folder="finetuning/published/fm-pbmc3k-tiny",
     ),
