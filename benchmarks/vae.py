@@ -7,10 +7,14 @@
    KL warm-up. Reported: seconds per epoch (ours after compilation, which is reported
    separately; scvi-tools' from epoch start to end, without its setup), the held-out ELBO
    (scvi-tools' ``get_elbo`` definition), leave-one-out kNN (k=15) cell-type accuracy and
-   iLISI-style batch mixing of the latent means.
-2. pbmc3k (2,638 PBMCs x 2,000 genes, 9 cell types): one seed of each; a PNG of both
-   latent spaces (UMAP of the latent means, umap-learn) coloured by cell type is written to
-   ``benchmarks/figures/vae_pbmc3k.png``.
+   iLISI-style batch mixing (k=15) of the latent means.
+2. pbmc3k (2,638 PBMCs x 2,000 genes, 9 cell types): the same per seed (no batches); a PNG
+   of both latent spaces of seed 0 (UMAP of the latent means, umap-learn) coloured by cell
+   type is written to ``benchmarks/figures/vae_pbmc3k.png``.
+
+Each score is reported as its mean, standard deviation over seeds and per-seed values: the
+seed moves both tools' latent spaces (kNN accuracy by about 0.01, batch mixing by several
+hundredths), so one seed cannot tell them apart.
 
 Run with ``python -m benchmarks.vae [--seeds N] [--epochs N]``; the last line printed is one
 JSON object.
@@ -125,6 +129,31 @@ def latent_scores(run: dict, cells: anndata.AnnData) -> dict:
     return scores
 
 
+def compare(adata: anndata.AnnData, batch_key, args) -> tuple[dict, anndata.AnnData]:
+    """Per seed, both tools on the same split; their scores and latent means per seed."""
+    train, test = split(adata)
+    cells = anndata.concat([train, test])
+    rows = {"ours": [], "peer": []}
+    for seed in tqdm(range(args.seeds), desc=f"seeds ({adata.n_vars} genes)"):
+        for name, run in (("ours", run_ours), ("peer", run_scvi)):
+            result = run(train, test, batch_key, args.epochs, args.warmup, seed)
+            result.update(latent_scores(result, cells))
+            rows[name].append(result)
+            print(name, seed, {k: v for k, v in result.items() if k != "latent"}, flush=True)
+    return rows, cells
+
+
+def summary(rows: dict, field: str, prefix: str = "") -> dict:
+    """Mean, standard deviation (ddof 1) and per-seed values of `field` for both tools."""
+    out = {}
+    for name, tag in (("ours", ""), ("peer", "peer_")):
+        values = [r[field] for r in rows[name]]
+        out[f"{tag}{prefix}{field}"] = float(np.mean(values))
+        out[f"{tag}{prefix}{field}_sd"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        out[f"{tag}{prefix}{field}_per_seed"] = [round(v, 4) for v in values]
+    return out
+
+
 def draw_figure(cells: anndata.AnnData, ours: np.ndarray, peer: np.ndarray, titles) -> None:
     import matplotlib
 
@@ -173,42 +202,23 @@ def main() -> None:
     threads = 1 if args.single_thread else os.cpu_count()
     torch.set_num_threads(threads)
 
-    chem = anndata.read_h5ad(DATA / "pbmc_3chem_counts.h5ad")
-    train, test = split(chem)
-    cells = anndata.concat([train, test])
-    rows = {"ours": [], "peer": []}
-    for seed in tqdm(range(args.seeds), desc="seeds"):
-        for name, run in (("ours", run_ours), ("peer", run_scvi)):
-            result = run(train, test, "batch", args.epochs, args.warmup, seed)
-            result.update(latent_scores(result, cells))
-            rows[name].append(result)
-            print(name, seed, {k: v for k, v in result.items() if k != "latent"}, flush=True)
-
-    def mean(name, field):
-        return float(np.mean([r[field] for r in rows[name]]))
-
-    def std(name, field):
-        return float(np.std([r[field] for r in rows[name]]))
-
-    pbmc3k = anndata.read_h5ad(DATA / "pbmc3k_2000hvg_counts.h5ad")
-    train3k, test3k = split(pbmc3k)
-    ours3k = run_ours(train3k, test3k, None, args.epochs, args.warmup, 0)
-    peer3k = run_scvi(train3k, test3k, None, args.epochs, args.warmup, 0)
-    cells3k = anndata.concat([train3k, test3k])
-    knn3k = latent_scores(ours3k, cells3k)["knn_accuracy"]
-    peer_knn3k = latent_scores(peer3k, cells3k)["knn_accuracy"]
+    chem, _ = compare(anndata.read_h5ad(DATA / "pbmc_3chem_counts.h5ad"), "batch", args)
+    pbmc3k, cells3k = compare(anndata.read_h5ad(DATA / "pbmc3k_2000hvg_counts.h5ad"), None, args)
+    ours3k, peer3k = pbmc3k["ours"][0], pbmc3k["peer"][0]
     draw_figure(
         cells3k,
         ours3k["latent"],
         peer3k["latent"],
         (
-            f"zoo.VAENormalizer (kNN acc. {knn3k:.3f})",
-            f"scvi-tools SCVI (kNN acc. {peer_knn3k:.3f})",
+            f"zoo.VAENormalizer, seed 0 (kNN acc. {ours3k['knn_accuracy']:.3f})",
+            f"scvi-tools SCVI, seed 0 (kNN acc. {peer3k['knn_accuracy']:.3f})",
         ),
     )
-
-    ours_s, peer_s = mean("ours", "s_per_epoch"), mean("peer", "s_per_epoch")
-    elbo, peer_elbo = mean("ours", "elbo"), mean("peer", "elbo")
+    ours_s = float(np.mean([r["s_per_epoch"] for r in chem["ours"]]))
+    peer_s = float(np.mean([r["s_per_epoch"] for r in chem["peer"]]))
+    elbo = summary(chem, "elbo")
+    knn, mixing = summary(chem, "knn_accuracy"), summary(chem, "batch_mixing")
+    knn3k = summary(pbmc3k, "knn_accuracy", "pbmc3k_")
     print(
         json.dumps(
             {
@@ -218,20 +228,19 @@ def main() -> None:
                 "peer_s": peer_s,
                 "speedup": peer_s / ours_s,
                 "unit": "seconds per epoch, pbmc_3chem 1800 training cells x 10000 genes",
-                "ours_compile_s": rows["ours"][0]["compile_s"],  # later seeds reuse it
-                "held_out_elbo": elbo,
-                "peer_held_out_elbo": peer_elbo,
-                "elbo_relative_difference": (elbo - peer_elbo) / abs(peer_elbo),
-                "held_out_elbo_std": std("ours", "elbo"),
-                "peer_held_out_elbo_std": std("peer", "elbo"),
-                "knn_accuracy": mean("ours", "knn_accuracy"),
-                "peer_knn_accuracy": mean("peer", "knn_accuracy"),
-                "batch_mixing": mean("ours", "batch_mixing"),
-                "peer_batch_mixing": mean("peer", "batch_mixing"),
-                "pbmc3k_held_out_elbo": ours3k["elbo"],
-                "peer_pbmc3k_held_out_elbo": peer3k["elbo"],
-                "pbmc3k_knn_accuracy": knn3k,
-                "peer_pbmc3k_knn_accuracy": peer_knn3k,
+                "ours_compile_s": chem["ours"][0]["compile_s"],  # later seeds reuse it
+                **elbo,
+                "elbo_relative_difference": (elbo["elbo"] - elbo["peer_elbo"])
+                / abs(elbo["peer_elbo"]),
+                **knn,
+                **mixing,
+                **summary(pbmc3k, "elbo", "pbmc3k_"),
+                **knn3k,
+                # issue 4: ours may be lower than scvi-tools by at most 0.02 (kNN), 0.05 (mixing)
+                "knn_accuracy_difference": knn["knn_accuracy"] - knn["peer_knn_accuracy"],
+                "pbmc3k_knn_accuracy_difference": knn3k["pbmc3k_knn_accuracy"]
+                - knn3k["peer_pbmc3k_knn_accuracy"],
+                "batch_mixing_difference": mixing["batch_mixing"] - mixing["peer_batch_mixing"],
                 "seeds": args.seeds,
                 "epochs": args.epochs,
                 "kl_warmup_epochs": args.warmup,
