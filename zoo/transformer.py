@@ -21,11 +21,14 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
+from zoo.attention import attention
 from zoo.config import Config, require, require_choice, require_positive, require_probability
 
+# Each is rematerialised in the backward pass (`jax.checkpoint`): only its input is kept,
+# instead of the several intermediates of the erf or tanh derivative per hidden unit.
 ACTIVATIONS = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu": jax.checkpoint(lambda x: jax.nn.gelu(x, approximate=False)),
+    "gelu_tanh": jax.checkpoint(lambda x: jax.nn.gelu(x, approximate=True)),
     "relu": jax.nn.relu,
 }
 
@@ -149,22 +152,21 @@ class TransformerBlock(eqx.Module):
     def attention(
         self, x: Float[Array, "seq_len dim"], mask: Bool[Array, " seq_len"]
     ) -> Float[Array, "seq_len dim"]:
-        """Multi-head scaled dot-product attention; positions where `mask` is False are
-        never attended to."""
+        """Multi-head scaled dot-product attention (`zoo.attention.attention`); positions
+        where `mask` is False are never attended to. The query, key and value projections
+        run as one matrix product over their concatenated weights, with ``1 / sqrt(head_dim)``
+        folded into the query's."""
         seq_len, dim = x.shape
         head_dim = dim // self.n_heads
-
-        def heads(layer: eqx.Module) -> Float[Array, "seq_len heads head_dim"]:
-            return dense(layer, x).reshape(seq_len, self.n_heads, head_dim)
-
-        attended = jax.nn.dot_product_attention(
-            heads(self.query),
-            heads(self.key),
-            heads(self.value),
-            mask=mask[None, None, :],
-            scale=1.0 / math.sqrt(head_dim),
+        scale = 1.0 / math.sqrt(head_dim)
+        projections = (self.query, self.key, self.value)
+        weight = jnp.concatenate([p.weight for p in projections]).at[:dim].multiply(scale)
+        bias = jnp.concatenate([p.bias for p in projections]).at[:dim].multiply(scale)
+        q, k, v = (
+            (x @ weight.T + bias).reshape(seq_len, 3, self.n_heads, head_dim).transpose(1, 2, 0, 3)
         )
-        return dense(self.attention_output, attended.reshape(seq_len, dim))
+        attended = attention(q, k, v, mask).transpose(1, 0, 2).reshape(seq_len, dim)
+        return dense(self.attention_output, attended)
 
     def mlp(self, x: Float[Array, "seq_len dim"]) -> Float[Array, "seq_len dim"]:
         """Position-wise two-layer MLP."""
