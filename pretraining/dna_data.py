@@ -34,7 +34,9 @@ for _code, _letters in enumerate(("Aa", "Cc", "Gg", "Tt", "NnRrYyKkMmSsWwBbDdHhV
     for _letter in _letters:
         _CODES[ord(_letter)] = _code
 TRAIN, VALIDATION = 0, 1
-FASTA_SUFFIXES = (".fa", ".fa.gz", ".fasta", ".fasta.gz", ".fna", ".fna.gz")
+FASTA_SUFFIXES = tuple(
+    base + packed for base in (".fa", ".fasta", ".fna") for packed in ("", ".gz", ".xz")
+)
 
 
 class CorpusError(ValueError):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pretraining import cli, train
-from pretraining.dna_data import DnaCorpus, MaskedWindows
+from pretraining.dna_data import CorpusError, DnaCorpus, MaskedWindows, resolve
 from pretraining.mesh import MeshError, parse_mesh
 from zoo.nucleotides import CLS, MASK, SPECIAL_TOKENS, NucleotideTokenizer
 
@@ -111,6 +111,17 @@ def test_bad_mesh_on_the_command_line(tmp_path, capsys, no_compilation, bacteria
     base = ["dna", bacterial_fasta, "--out", str(tmp_path)]
     assert "unknown mesh axis 'tensor'" in run_cli([*base, "--mesh", "tensor=1"], capsys)
     assert "2 devices in all, but 1 are available" in run_cli([*base, "--mesh", "data=2"], capsys)
+
+
+def test_every_catalogued_genome_is_a_dna_corpus():
+    """The genomes of the published DNA checkpoint's corpus resolve by name (no download:
+    the error for an unknown name lists the known ones)."""
+    genomes = {"human-chrX-70Mb", "bacteria-NC_008253", "klebsiella-HS11286"}
+    with pytest.raises(CorpusError) as error:
+        resolve("no-such-genome")
+    known = set(str(error.value).split("known datasets: ")[1].split(", "))
+    assert genomes <= known, genomes - known
+    assert "pasilla-counts" not in known
 
 
 def test_empty_and_non_dna_fasta(tmp_path, capsys, no_compilation):
