@@ -50,7 +50,7 @@ CATALOG: dict[str, CatalogEntry] = {
         commit=None,
         sha256={
             "config.json": "5f9bb2c86cecc4eb4af3a818eadb0be62d9c5a929a1b8e22554190a78a69ca74",
-            "model.safetensors": "65b1e3f5284fa1c3f53edf1aa8874dc8fba813676c3a505c13f1637710a74551",
+            "model.safetensors": "38a5c94d2d7e1a3f321da2df34f72b8437ff96d1a0585b4f730b8639914c26b4",
         },
         folder="finetuning/published/dna-encoder-tiny",
     ),
