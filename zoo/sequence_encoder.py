@@ -107,7 +107,8 @@ class TransformerSequenceEncoder(eqx.Module):
         t = config.transformer
         vocab = config.n_tokens
         token_key, position_key, stack_key, mlm_key = jax.random.split(key, 4)
-        # Both choices start the tied input/output embedding at logits of about unit scale.
+        # Learned positions: BERT's 0.02. Sinusoidal: N(0, 1/dim), multiplied by sqrt(dim) in
+        # `embed` (Vaswani et al.), so tokens enter at the sinusoids' unit amplitude.
         token_scale = 0.02 if config.positions == "learned" else t.dim**-0.5
         self.token_embedding = eqx.nn.Embedding(
             weight=token_scale * jax.random.normal(token_key, (vocab, t.dim))
