@@ -32,7 +32,14 @@ from zoo.gene_tokenizer import (
     GeneTokenizerConfig,
     GeneTokens,
 )
-from zoo.transformer import TransformerConfig, TransformerStack, dense, masked_mean, normalise
+from zoo.transformer import (
+    TransformerConfig,
+    TransformerStack,
+    dense,
+    dropout,
+    masked_mean,
+    normalise,
+)
 
 
 class FoundationOutput(NamedTuple):
@@ -184,7 +191,8 @@ class DifferentiableFoundationModel(eqx.Module):
         embedding_key, stack_key = (
             (None, None) if dropout_key is None else jax.random.split(dropout_key)
         )
-        hidden = self.stack(self.embedding_dropout(x, key=embedding_key), token_mask, key=stack_key)
+        x = dropout(self.embedding_dropout, x, embedding_key)
+        hidden = self.stack(x, token_mask, key=stack_key)
         if self.final_norm is not None:
             hidden = normalise(self.final_norm, hidden)
         predicted = dense(self.head_output, jax.nn.gelu(dense(self.head_hidden, hidden)))[:, 0]

@@ -30,6 +30,7 @@ from zoo.transformer import (
     TransformerConfig,
     TransformerStack,
     dense,
+    dropout,
     masked_mean,
     normalise,
     sinusoidal_positions,
@@ -176,7 +177,7 @@ class TransformerSequenceEncoder(eqx.Module):
             integer = jnp.issubdtype(tokens.dtype, jnp.integer)
             mask = tokens != PAD if integer else jnp.any(tokens != 0, axis=-1)
         embedding_key, stack_key = (None, None) if key is None else jax.random.split(key)
-        x = self.embedding_dropout(self.embed(tokens), key=embedding_key)
+        x = dropout(self.embedding_dropout, self.embed(tokens), embedding_key)
         hidden = self.stack(x, mask, key=stack_key)
         if self.final_norm is not None:
             hidden = normalise(self.final_norm, hidden)
