@@ -39,7 +39,7 @@ RUN_CONFIG = FineTuneConfig(
     max_steps=60,
     warmup_steps=2,
     eval_every=4,
-    patience=3,
+    patience=2,
     batch_size=16,
     learning_rate=3e-3,
 )
