@@ -30,7 +30,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from zoo import DifferentiableHMM
-from zoo.nucleotides import letter_codes
+from zoo.sequence.nucleotides import letter_codes
 
 ALPHABET = "ACGT"
 N_CODE = len(ALPHABET)  # what `letter_codes` gives an N

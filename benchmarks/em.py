@@ -29,13 +29,13 @@ from tqdm import tqdm
 from pretraining.kallisto import pseudoalign_and_quantify
 from pretraining.sources import dataset
 from zoo import DifferentiableEMQuantifier, DifferentiableEMQuantifierConfig, EquivalenceClasses
-from zoo.kallisto_io import read_abundance, read_pseudoalignments
+from zoo.em.kallisto_io import read_abundance, read_pseudoalignments
 
 N_CLASSES = 100_000
 N_TRANSCRIPTS = 20_000
 SALMON_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "salmon_sample"
 
-# kallisto 0.48's constants, as in zoo.em_quantifier.
+# kallisto 0.48's constants, as in zoo.em.model.
 CHANGE_FLOOR, ZERO_BELOW = 1e-2, 1e-8
 
 
@@ -74,7 +74,7 @@ def synthetic_table(seed: int = 0):
 
 
 def numpy_em(classes, counts, lengths, tolerance=0.01, min_iterations=52, max_iterations=10_000):
-    """The EM of `zoo.em_quantifier` in NumPy (float64): unique reads summed once, shared
+    """The EM of `zoo.em.model` in NumPy (float64): unique reads summed once, shared
     classes stored flat with ``np.bincount`` doing the per-class and per-transcript sums, and
     the update factored as ours is, ``n_t <- unique_t + w_t * sum_{c ∋ t} N_c / W_c``."""
     n = lengths.size

@@ -25,8 +25,8 @@ from tqdm import tqdm
 
 import zoo
 from pretraining.bulk_counts import airway, pasilla
-from zoo.design import design_matrix
-from zoo.nbglm import fit_expressed
+from zoo.deseq2.design import design_matrix
+from zoo.deseq2.model import fit_expressed
 
 REPEATS = 3
 EXPERIMENTS = {

@@ -42,11 +42,14 @@ from pretraining.throughput import (
     foundation_train_flops,
     measure_matmul_peak,
 )
-from zoo.foundation_model import DifferentiableFoundationModel, DifferentiableFoundationModelConfig
-from zoo.gene_tokenizer import N_SPECIAL, GeneTokenizerConfig
-from zoo.nucleotides import PAD
-from zoo.sequence_encoder import TransformerSequenceEncoder, TransformerSequenceEncoderConfig
-from zoo.transformer import TransformerConfig
+from zoo.common.transformer import TransformerConfig
+from zoo.expression.foundation_model import (
+    DifferentiableFoundationModel,
+    DifferentiableFoundationModelConfig,
+)
+from zoo.expression.gene_tokenizer import N_SPECIAL, GeneTokenizerConfig
+from zoo.sequence.encoder import TransformerSequenceEncoder, TransformerSequenceEncoderConfig
+from zoo.sequence.nucleotides import PAD
 
 BATCH = 16
 SEQ_LEN = 512

@@ -36,8 +36,8 @@ from tqdm import tqdm
 
 import zoo
 from finetuning.embedding_metrics import batch_mixing, knn_accuracy
-from zoo.vae_anndata import cell_elbo, latent_mean, read_batches, read_counts
-from zoo.vae_training import train_vae
+from zoo.vae.fit import cell_elbo, latent_mean, read_batches, read_counts
+from zoo.vae.training import train_vae
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FIGURE = Path(__file__).resolve().parent / "figures" / "vae_pbmc3k.png"

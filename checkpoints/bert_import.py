@@ -28,8 +28,8 @@ from jaxtyping import PRNGKeyArray
 from checkpoints import safetensors_format
 from checkpoints.errors import CheckpointError
 from checkpoints.tree_keys import named_leaves, replace_leaves
-from zoo.sequence_encoder import TransformerSequenceEncoder, TransformerSequenceEncoderConfig
-from zoo.transformer import TransformerConfig
+from zoo.common.transformer import TransformerConfig
+from zoo.sequence.encoder import TransformerSequenceEncoder, TransformerSequenceEncoderConfig
 
 ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
 ACTIVATIONS["relu"] = "relu"

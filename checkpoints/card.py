@@ -19,7 +19,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from zoo.config import Config
+from zoo.common.config import Config
 
 TEMPLATE = "model_card.md"
 PIPELINE_TAGS = {

@@ -29,7 +29,7 @@ from checkpoints.card import CardDetails, render_card
 from checkpoints.errors import CheckpointError
 from checkpoints.references import Provenance, resolve
 from checkpoints.tree_keys import named_leaves, replace_leaves
-from zoo.config import Config, ConfigError
+from zoo.common.config import Config, ConfigError
 from zoo.registry import UnknownArchitectureError, architecture_of, lookup
 
 FORMAT_VERSION = 1

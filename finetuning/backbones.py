@@ -6,9 +6,12 @@ import equinox as eqx
 import jax
 
 from finetuning.tasks import Task
-from zoo.foundation_model import DifferentiableFoundationModel, DifferentiableFoundationModelConfig
-from zoo.gene_tokenizer import GeneTokenizerConfig
-from zoo.sequence_encoder import TransformerSequenceEncoder, TransformerSequenceEncoderConfig
+from zoo.expression.foundation_model import (
+    DifferentiableFoundationModel,
+    DifferentiableFoundationModelConfig,
+)
+from zoo.expression.gene_tokenizer import GeneTokenizerConfig
+from zoo.sequence.encoder import TransformerSequenceEncoder, TransformerSequenceEncoderConfig
 
 
 def default_backbone(task: Task, *, seed: int = 0) -> eqx.Module:

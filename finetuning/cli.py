@@ -183,7 +183,7 @@ def user_errors() -> tuple[type[Exception], ...]:
     from checkpoints import CheckpointError
     from checkpoints.card import CardError
     from pretraining.cli import user_errors as pretraining_errors
-    from zoo.config import ConfigError
+    from zoo.common.config import ConfigError
 
     hub = (CheckpointError, CardError, ConfigError, huggingface_hub.errors.HfHubHTTPError)
     return hub + pretraining_errors()

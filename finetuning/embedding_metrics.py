@@ -1,4 +1,4 @@
-"""Quality of a cell embedding from its exact k-nearest-neighbour graph (`zoo.knn`).
+"""Quality of a cell embedding from its exact k-nearest-neighbour graph (`zoo.common.knn`).
 
 - `knn_accuracy`: leave-one-out k-NN classification. Each cell's label is predicted by the
   majority label among its ``k`` nearest other cells (ties go to the smallest label code);
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from zoo.knn import knn
+from zoo.common.knn import knn
 
 
 def _neighbour_label_counts(embedding: np.ndarray, labels: np.ndarray, k: int):

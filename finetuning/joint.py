@@ -28,9 +28,9 @@ from tqdm import tqdm
 
 from finetuning.tasks import Task
 from finetuning.train import class_weights
-from zoo.foundation_model import DifferentiableFoundationModel
-from zoo.knn import knn_query
-from zoo.umap import DifferentiableUMAP, DifferentiableUMAPConfig
+from zoo.common.knn import knn_query
+from zoo.expression.foundation_model import DifferentiableFoundationModel
+from zoo.umap.model import DifferentiableUMAP, DifferentiableUMAPConfig
 
 
 class CellMap(eqx.Module):

@@ -23,7 +23,7 @@ from tqdm import tqdm
 import zoo
 from pretraining.expression_data import read_counts, resolve
 from pretraining.sources import dataset
-from zoo.fasta import read_fasta
+from zoo.sequence.fasta import read_fasta
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,7 @@ from finetuning.tasks import Task
 from finetuning.train import FineTuneConfig, FineTuneResult, fine_tune
 from pretraining.state import TrainingCheckpoints
 from zoo.registry import architecture_of
-from zoo.task_model import BACKBONES, TaskModel, TaskModelConfig
+from zoo.task.model import BACKBONES, TaskModel, TaskModelConfig
 
 
 def task_model(task: Task, backbone, *, head_dropout: float = 0.1, seed: int = 0) -> TaskModel:

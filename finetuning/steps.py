@@ -28,7 +28,7 @@ from pretraining.mesh import batch_shards
 from pretraining.sharding import batch_sharding, replicated, tree_shardings
 from pretraining.state import abstract_state
 from pretraining.steps import check_batch_size, global_batch
-from zoo.task_model import TaskModel
+from zoo.task.model import TaskModel
 
 
 def batch_rows(seed: int, step: int, n_examples: int, batch_size: int) -> np.ndarray:

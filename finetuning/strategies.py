@@ -3,9 +3,9 @@
 - ``linear``: the head only (a linear probe of the frozen backbone);
 - ``full``: every parameter the task uses;
 - ``partial``: the head and the transformer layers after the first ``freeze_layers``
-  (the stack is cut with `zoo.transformer.split_stack`, so the frozen layers are separate
+  (the stack is cut with `zoo.common.transformer.split_stack`, so the frozen layers are separate
   arrays that get no optimiser state); embeddings stay frozen;
-- ``lora``: the head and rank-r factors on every attention projection (`zoo.lora`).
+- ``lora``: the head and rank-r factors on every attention projection (`zoo.common.lora`).
 
 Parameters a task never uses are never trained: the masked-language-model head of a
 sequence encoder, the masked-expression head and mask vector of the foundation model, and
@@ -24,11 +24,11 @@ import equinox as eqx
 import jax
 from jaxtyping import PRNGKeyArray
 
-from zoo.foundation_model import DifferentiableFoundationModel
-from zoo.lora import add_lora, lora_filter, merge_lora
-from zoo.sequence_encoder import TransformerSequenceEncoder
-from zoo.task_model import TaskModel
-from zoo.transformer import SplitTransformerStack, split_stack
+from zoo.common.lora import add_lora, lora_filter, merge_lora
+from zoo.common.transformer import SplitTransformerStack, split_stack
+from zoo.expression.foundation_model import DifferentiableFoundationModel
+from zoo.sequence.encoder import TransformerSequenceEncoder
+from zoo.task.model import TaskModel
 
 STRATEGIES = ("linear", "full", "partial", "lora")
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from pretraining.expression_data import read_counts, resolve
 from pretraining.sources import DATASETS, dataset
-from zoo.fasta import read_fasta
+from zoo.sequence.fasta import read_fasta
 
 SPLIT_SEED = 0
 

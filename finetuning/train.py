@@ -38,10 +38,10 @@ from finetuning.tasks import Split, Task
 from pretraining.mesh import make_mesh
 from pretraining.state import TrainingCheckpoints
 from pretraining.train import RunError, host_values
-from zoo.config import Config, require, require_choice, require_positive
-from zoo.sequence_embedding import SequenceEmbedding
-from zoo.task_model import TaskModel
-from zoo.transformer import SplitTransformerStack
+from zoo.common.config import Config, require, require_choice, require_positive
+from zoo.common.transformer import SplitTransformerStack
+from zoo.sequence.cnn import SequenceEmbedding
+from zoo.task.model import TaskModel
 
 
 @dataclasses.dataclass(frozen=True)

@@ -256,8 +256,8 @@ def user_errors() -> tuple[type[Exception], ...]:
     from pretraining.state import StateError
     from pretraining.steps import BatchSizeError
     from pretraining.train import RunError
-    from zoo.config import ConfigError
-    from zoo.nucleotides import SequenceError
+    from zoo.common.config import ConfigError
+    from zoo.sequence.nucleotides import SequenceError
 
     return (
         BatchSizeError,

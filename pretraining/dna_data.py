@@ -24,8 +24,8 @@ import numpy as np
 
 from pretraining.provenance import Source
 from pretraining.sources import dataset_names, local_source, sha256_of
-from zoo.fasta import read_fasta
-from zoo.nucleotides import MASK, SPECIAL_TOKENS, UNK, NucleotideTokenizer
+from zoo.sequence.fasta import read_fasta
+from zoo.sequence.nucleotides import MASK, SPECIAL_TOKENS, UNK, NucleotideTokenizer
 
 LETTERS = np.frombuffer(b"ACGTN", np.uint8)
 N_CODE = 4

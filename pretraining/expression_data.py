@@ -27,7 +27,7 @@ import scipy.sparse as sp
 from pretraining.dna_data import TRAIN, VALIDATION
 from pretraining.provenance import Source
 from pretraining.sources import dataset_names, local_source, sha256_of
-from zoo.gene_tokenizer import GeneTokenizer
+from zoo.expression.gene_tokenizer import GeneTokenizer
 
 SHARED_FILES = {
     "pbmc3k": "pbmc3k_2000hvg_counts.h5ad",

@@ -22,8 +22,8 @@ from jax.typing import ArrayLike
 from jaxtyping import Array, Float, Key
 
 from pretraining.dna_data import MlmBatch
-from zoo.foundation_model import DifferentiableFoundationModel, masked_expression_loss
-from zoo.sequence_encoder import TransformerSequenceEncoder
+from zoo.expression.foundation_model import DifferentiableFoundationModel, masked_expression_loss
+from zoo.sequence.encoder import TransformerSequenceEncoder
 
 
 def masked_token_sums(

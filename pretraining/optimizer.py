@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from zoo.config import Config, require, require_choice, require_positive, require_probability
+from zoo.common.config import Config, require, require_choice, require_positive, require_probability
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 FROZEN = re.compile(r"\.tokenizer\.")  # the gene medians are fitted, not trained

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from zoo.transformer import TransformerConfig
+from zoo.common.transformer import TransformerConfig
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,7 +8,7 @@ import dataclasses
 
 from pretraining.optimizer import OptimizerConfig
 from pretraining.presets import PRESETS
-from zoo.config import Config, require, require_choice, require_positive, require_probability
+from zoo.common.config import Config, require, require_choice, require_positive, require_probability
 
 TASKS = ("dna", "expression")
 # Fields that may change when a run is resumed (they do not change the trajectory).

@@ -21,9 +21,12 @@ from pretraining.presets import PRESETS
 from pretraining.provenance import Source
 from pretraining.run_config import RunConfig
 from pretraining.throughput import encoder_train_flops, foundation_train_flops
-from zoo.foundation_model import DifferentiableFoundationModel, DifferentiableFoundationModelConfig
-from zoo.gene_tokenizer import GeneTokenizerConfig
-from zoo.sequence_encoder import TransformerSequenceEncoder, TransformerSequenceEncoderConfig
+from zoo.expression.foundation_model import (
+    DifferentiableFoundationModel,
+    DifferentiableFoundationModelConfig,
+)
+from zoo.expression.gene_tokenizer import GeneTokenizerConfig
+from zoo.sequence.encoder import TransformerSequenceEncoder, TransformerSequenceEncoderConfig
 
 
 @dataclasses.dataclass

