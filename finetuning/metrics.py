@@ -1,64 +1,32 @@
-"""Classification metrics computed from labels and predicted class probabilities.
+"""Classification metrics from labels and predicted class probabilities, by scikit-learn.
 
 All take integer labels ``y`` in ``[0, n_classes)`` and probabilities ``p`` of shape
-``(n, n_classes)`` (rows summing to 1), and follow scikit-learn's definitions: macro-F1 is
-the unweighted mean of per-class F1 over the classes present in ``y`` or the predictions;
-the Matthews correlation is the multi-class generalisation of Gorodkin (2004); AUROC is
-the macro average of one-vs-rest areas (Hand & Till's "ovr" averaging), over the classes
-that have both positives and negatives.
+``(n, n_classes)`` (rows summing to 1). The figures are scikit-learn's own
+(`sklearn.metrics`): accuracy, the multi-class Matthews correlation (Gorodkin, 2004),
+macro-F1 over the classes present in ``y`` or the predictions, and one-vs-rest AUROC.
+
+What stays ours: a test split need not hold every class. scikit-learn's multi-class
+``roc_auc_score`` then refuses the whole split, so AUROC here is the mean of the per-class
+one-vs-rest areas over the classes that have both positives and negatives in ``y`` (for all
+classes present, this is exactly scikit-learn's macro "ovr" average), and NaN when none has.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from sklearn import metrics
 
 
 def confusion_matrix(y: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:
-    """``C[i, j]``: examples of true class ``i`` predicted as ``j``."""
-    matrix = np.zeros((n_classes, n_classes), np.int64)
-    np.add.at(matrix, (np.asarray(y), np.asarray(predicted)), 1)
-    return matrix
-
-
-def matthews_correlation(matrix: np.ndarray) -> float:
-    """Multi-class Matthews correlation coefficient of a confusion matrix."""
-    matrix = matrix.astype(np.float64)
-    total, correct = matrix.sum(), np.trace(matrix)
-    true, predicted = matrix.sum(1), matrix.sum(0)
-    numerator = correct * total - true @ predicted
-    denominator = np.sqrt((total**2 - predicted @ predicted) * (total**2 - true @ true))
-    return float(numerator / denominator) if denominator > 0 else 0.0
-
-
-def macro_f1(matrix: np.ndarray) -> float:
-    """Unweighted mean F1 over classes that occur in the labels or the predictions."""
-    tp = np.diag(matrix).astype(np.float64)
-    support, predicted = matrix.sum(1), matrix.sum(0)
-    present = (support + predicted) > 0
-    f1 = np.divide(2 * tp, support + predicted, out=np.zeros_like(tp), where=present)
-    return float(f1[present].mean())
-
-
-def binary_auroc(positive: np.ndarray, score: np.ndarray) -> float:
-    """Area under the ROC curve: the probability that a random positive outscores a random
-    negative, ties counting one half (the Mann-Whitney U statistic)."""
-    order = np.argsort(score, kind="mergesort")
-    ranks = np.empty(len(score))
-    sorted_scores = score[order]
-    # average ranks over ties
-    _, starts, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
-    average = starts + (counts + 1) / 2.0
-    ranks[order] = np.repeat(average, counts)
-    n_pos = positive.sum()
-    n_neg = len(positive) - n_pos
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    """``C[i, j]``: examples of true class ``i`` predicted as ``j`` (``n_classes`` square)."""
+    return metrics.confusion_matrix(y, predicted, labels=np.arange(n_classes))
 
 
 def macro_auroc(y: np.ndarray, probabilities: np.ndarray) -> float:
-    """One-vs-rest AUROC averaged over classes with both positives and negatives."""
+    """One-vs-rest AUROC averaged over classes with both positives and negatives in `y`."""
     y = np.asarray(y)
     areas = [
-        binary_auroc(y == c, probabilities[:, c])
+        metrics.roc_auc_score(y == c, probabilities[:, c])
         for c in range(probabilities.shape[1])
         if 0 < (y == c).sum() < len(y)
     ]
@@ -66,15 +34,14 @@ def macro_auroc(y: np.ndarray, probabilities: np.ndarray) -> float:
 
 
 def classification_report(y: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
-    """Accuracy, Matthews correlation, macro-F1 and macro AUROC."""
+    """Accuracy, Matthews correlation, macro-F1 and macro AUROC of the arg-max predictions."""
     y = np.asarray(y)
     probabilities = np.asarray(probabilities, np.float64)
     predicted = probabilities.argmax(1)
-    matrix = confusion_matrix(y, predicted, probabilities.shape[1])
     return {
-        "accuracy": float((predicted == y).mean()),
-        "mcc": matthews_correlation(matrix),
-        "macro_f1": macro_f1(matrix),
+        "accuracy": float(metrics.accuracy_score(y, predicted)),
+        "mcc": float(metrics.matthews_corrcoef(y, predicted)),
+        "macro_f1": float(metrics.f1_score(y, predicted, average="macro", zero_division=0.0)),
         "auroc": macro_auroc(y, probabilities),
     }
 

@@ -1,4 +1,11 @@
-"""Reading FASTA files (plain, gzip or xz compressed)."""
+"""Reading FASTA files (plain, gzip or xz compressed).
+
+Kept by hand on purpose: the format is a header line and sequence lines, and this streaming
+reader is twenty lines over the standard library's ``gzip``/``lzma``. Biopython's
+``SimpleFastaParser`` does the same job but would make a large compiled package a
+dependency of ``import zoo``, and it gives no line number for a malformed file; this reader
+names the file and line.
+"""
 
 from __future__ import annotations
 
