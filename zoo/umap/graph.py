@@ -19,6 +19,14 @@ Steps 1-3 follow umap-learn's ``smooth_knn_dist`` and ``compute_membership_stren
 neighbours. The embedding similarity is ``q(d) = 1 / (1 + a d^(2b))``, with ``a, b`` fitted
 by least squares to ``1`` for ``d < min_dist`` and ``exp(-(d - min_dist) / spread)`` beyond,
 on 300 points of ``[0, 3 spread]``, as umap-learn's ``find_ab_params`` does.
+
+Where each step runs: steps 1-3 are per-row arithmetic on the ``n x k`` neighbour table and
+stay in JAX, jit-compiled: the bisection is one vectorised ``while_loop`` over all rows, and
+`membership_strengths` is differentiable with respect to the distances for fixed ``sigma``
+and ``rho``. Step 4 changes the
+sparsity structure (it adds the mirror of every edge), which JAX cannot express with fixed
+shapes and which has no gradient to keep, so it is done with `scipy.sparse` matrices, as in
+umap-learn.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.sparse
 from jaxtyping import Array, Float, Int
 
 BISECTION_TOLERANCE = 1e-5
@@ -150,35 +159,33 @@ def fuzzy_union(
     set_op_mix_ratio: float = 1.0,
 ) -> UMAPGraph:
     """Symmetrise directed memberships (step 4) into a `UMAPGraph`, dropping zero weights.
-    Edges are sorted by head, then tail; memory is linear in the number of edges."""
+
+    ``V`` is the sparse matrix with ``V[i, indices[i, c]] = memberships[i, c]``; the result is
+    ``mix * (V + V^T - V o V^T) + (1 - mix) * (V o V^T)`` (``o`` elementwise), computed in
+    float64 with `scipy.sparse`, as umap-learn's ``fuzzy_simplicial_set`` does. Edges are
+    sorted by head, then tail; memory is linear in the number of edges.
+    """
     indices = np.asarray(indices, dtype=np.int64)
     memberships = np.asarray(memberships, dtype=np.float64)
-    n = indices.shape[0]
-    heads = np.repeat(np.arange(n, dtype=np.int64), indices.shape[1])
-    keys = heads * n + indices.ravel()
-    order = np.argsort(keys)
-    keys, values = keys[order], memberships.ravel()[order]
-    reverse_keys = (keys % n) * n + keys // n
-    pairs = np.union1d(keys, reverse_keys)
-    forward = _lookup(keys, values, pairs)
-    backward = _lookup(keys, values, (pairs % n) * n + pairs // n)
-    product = forward * backward
-    union = forward + backward - product
-    weights = set_op_mix_ratio * union + (1.0 - set_op_mix_ratio) * product
-    keep = weights > 0.0
-    pairs, weights = pairs[keep], weights[keep]
+    n, k = indices.shape
+    heads = np.repeat(np.arange(n, dtype=np.int64), k)
+    directed = scipy.sparse.csr_matrix(
+        (memberships.ravel(), (heads, indices.ravel())), shape=(n, n)
+    )
+    transpose = directed.transpose().tocsr()
+    intersection = directed.multiply(transpose).tocsr()
+    union = directed + transpose - intersection
+    weights = set_op_mix_ratio * union + (1.0 - set_op_mix_ratio) * intersection
+    weights = scipy.sparse.csr_matrix(weights)
+    weights.eliminate_zeros()
+    weights.sort_indices()
+    edges = weights.tocoo()
     return UMAPGraph(
-        heads=(pairs // n).astype(np.int32),
-        tails=(pairs % n).astype(np.int32),
-        weights=weights.astype(np.float32),
+        heads=edges.row.astype(np.int32),
+        tails=edges.col.astype(np.int32),
+        weights=edges.data.astype(np.float32),
         n_points=n,
     )
-
-
-def _lookup(sorted_keys: np.ndarray, values: np.ndarray, queries: np.ndarray) -> np.ndarray:
-    """``values`` at ``queries`` in ``sorted_keys``; 0 where a query is absent."""
-    position = np.minimum(np.searchsorted(sorted_keys, queries), len(sorted_keys) - 1)
-    return np.where(sorted_keys[position] == queries, values[position], 0.0)
 
 
 def fuzzy_graph(
