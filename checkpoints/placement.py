@@ -1,10 +1,12 @@
-"""Putting the tensors read from a checkpoint onto devices.
+"""Putting the tensors of an opened checkpoint onto devices.
 
-Without shardings each tensor goes to the default device whole. With shardings, every
-array is built by `jax.make_array_from_callback`: each device receives only its own slice,
-copied out of the memory-mapped file, so no host ever holds a full copy of the model and a
-model larger than one device still loads. Each piece is copied once, into fresh aligned
-memory, so the model never aliases (and cannot be changed through) the file.
+Without shardings each tensor is read whole and goes to the default device. With
+shardings, every array is built by `jax.make_array_from_callback`: each device's piece is
+read on its own with the safetensors library's ``get_slice`` (see
+`checkpoints.safetensors_format.StoredTensor.read`), so only that slice's bytes are copied
+out of the memory-mapped file, no host ever holds a full copy of a split array, and a model
+larger than one device still loads. The library copies into fresh memory, so the model
+never aliases (and cannot be changed through) the file.
 """
 
 from __future__ import annotations
@@ -12,11 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import numpy as np
 
+from checkpoints.safetensors_format import StoredTensor
 from checkpoints.tree_keys import named_leaves
-
-ALIGNMENT = 64  # bytes; XLA's CPU client adopts host buffers aligned this way
 
 
 def is_sharding(leaf: Any) -> bool:
@@ -43,25 +43,14 @@ def shardings_by_key(shardings: Any, keys: list[str]) -> dict[str, jax.sharding.
     return found
 
 
-def host_copy(view: np.ndarray) -> np.ndarray:
-    """A private copy of `view` in fresh memory aligned to 64 bytes, which a CPU device can
-    adopt without copying again; a loaded model never aliases the file it came from."""
-    raw = np.empty(view.nbytes + ALIGNMENT, np.uint8)
-    start = -raw.ctypes.data % ALIGNMENT
-    out = raw[start : start + view.nbytes].view(view.dtype).reshape(view.shape)
-    np.copyto(out, view)
-    return out
-
-
 def place(
-    arrays: dict[str, np.ndarray], shardings: dict[str, jax.sharding.Sharding] | None
+    tensors: dict[str, StoredTensor], shardings: dict[str, jax.sharding.Sharding] | None
 ) -> dict[str, jax.Array]:
-    """Device arrays of `arrays`, whole on the default device or split by `shardings`."""
+    """Device arrays of `tensors`, whole on the default device or split by `shardings`
+    (each device's slice read from the file on its own)."""
     if shardings is None:
-        return {key: jax.device_put(host_copy(array)) for key, array in arrays.items()}
+        return {key: jax.device_put(tensor.read()) for key, tensor in tensors.items()}
     return {
-        key: jax.make_array_from_callback(
-            array.shape, shardings[key], lambda index, a=array: host_copy(a[index])
-        )
-        for key, array in arrays.items()
+        key: jax.make_array_from_callback(tensor.shape, shardings[key], tensor.read)
+        for key, tensor in tensors.items()
     }

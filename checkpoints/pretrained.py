@@ -118,19 +118,21 @@ def abstract_model(folder: str | os.PathLike) -> eqx.Module:
     return skeleton(*read_config(Path(folder)))
 
 
-def open_weights(folder: Path) -> tuple[eqx.Module, dict[str, np.ndarray]]:
-    """The skeleton of the checkpoint in `folder` and its validated, memory-mapped weights,
-    checked against the skeleton (nothing is copied yet)."""
+def open_weights(
+    folder: Path,
+) -> tuple[eqx.Module, dict[str, safetensors_format.StoredTensor]]:
+    """The skeleton of the checkpoint in `folder` and its opened, validated weights,
+    checked against the skeleton (no tensor bytes are read yet)."""
     architecture, config = read_config(folder)
     model = skeleton(architecture, config)
     try:
-        arrays = shards.open_all(folder)
+        tensors = shards.open_all(folder)
     except FileNotFoundError as error:
         raise CheckpointError(str(error)) from None
     except (safetensors_format.CorruptWeightsError, shards.ShardIndexError) as error:
         raise CheckpointError(str(error)) from None
-    check_weights(folder, named_leaves(model, _is_shape), arrays)
-    return model, arrays
+    check_weights(folder, named_leaves(model, _is_shape), tensors)
+    return model, tensors
 
 
 def load_folder(folder: str | os.PathLike, *, shardings: Any = None) -> eqx.Module:
@@ -143,9 +145,9 @@ def load_folder(folder: str | os.PathLike, *, shardings: Any = None) -> eqx.Modu
             each array; each device then reads only its own slice (see
             `checkpoints.placement`).
     """
-    model, arrays = open_weights(Path(folder))
-    by_key = None if shardings is None else placement.shardings_by_key(shardings, list(arrays))
-    return replace_leaves(model, _is_shape, placement.place(arrays, by_key))
+    model, tensors = open_weights(Path(folder))
+    by_key = None if shardings is None else placement.shardings_by_key(shardings, list(tensors))
+    return replace_leaves(model, _is_shape, placement.place(tensors, by_key))
 
 
 def from_pretrained(
@@ -195,7 +197,9 @@ def _is_shape(leaf: Any) -> bool:
 
 
 def check_weights(
-    path: Path, expected: dict[str, jax.ShapeDtypeStruct], found: dict[str, np.ndarray]
+    path: Path,
+    expected: dict[str, jax.ShapeDtypeStruct],
+    found: dict[str, safetensors_format.StoredTensor],
 ) -> None:
     """Raise `CheckpointError` listing every missing, unexpected or mismatched tensor."""
     problems = []

@@ -1,24 +1,51 @@
-"""Reading and writing the safetensors format with the header validated before any use.
+"""Reading and writing safetensors weight files through the ``safetensors`` package.
 
 The format (https://github.com/huggingface/safetensors): an 8-byte little-endian header
 length ``n``, ``n`` bytes of JSON mapping each tensor name to ``dtype``, ``shape`` and
 ``data_offsets`` ``[begin, end)`` into the byte buffer that follows (plus an optional
-``__metadata__`` map of strings), then the buffer. Tensors must tile the buffer exactly.
+``__metadata__`` map of strings), then the buffer. No code is executed on load: the format
+cannot hold any.
 
-Reading maps the file and returns read-only NumPy views, so nothing is copied until an array
-is placed on a device. No code is executed on load: the format cannot hold any.
+What the library does (safetensors 0.8): ``safe_open`` memory-maps the file and validates
+the whole header before any tensor is read: its size, UTF-8 and JSON, known dtypes,
+non-negative integer shapes and offsets (booleans, floats and negative numbers are refused),
+offsets that match dtype x shape, tensors that tile the buffer with no gap or overlap, a
+buffer that exactly fills the file (so truncated or padded files fail), and string-only
+metadata. ``get_tensor`` and ``get_slice`` copy the bytes asked for out of the map into
+fresh NumPy arrays, so a loaded model never aliases the file. ``save_file`` writes the
+header and data and renames the file into place.
+
+What stays ours, and why:
+
+- **Duplicate JSON keys.** The library keeps the last of two entries with the same name
+  (a tensor or a metadata key) without a word when the offsets still tile, so two readers
+  could disagree about what a file holds; we refuse duplicates at every level.
+- **Dtypes.** We read and write exactly `DTYPES`. The library's NumPy binding fails with a
+  raw ``AttributeError`` on the float8 and float4 types, and it reads BF16 only once
+  ``ml_dtypes`` has registered ``bfloat16`` with NumPy, which importing it here ensures.
+  Checking on write too means we never write what we cannot read back.
+- **Contiguity.** ``save_file`` copies ``nbytes`` from each array's data pointer, so a
+  strided view would be written as the wrong numbers; every array is made contiguous first.
+- **Empty slices.** ``get_slice`` refuses any index into a tensor with a zero-length
+  dimension; such slices hold no bytes and are built directly.
+- **Errors.** Every error the library raises on a bad file (``SafetensorError``, or a Rust
+  panic should one escape) becomes `CorruptWeightsError`, one line naming the file.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
-import math
 import os
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 import ml_dtypes
 import numpy as np
+import safetensors
+import safetensors.numpy
 
 DTYPES: dict[str, np.dtype] = {
     "F64": np.dtype(np.float64),
@@ -36,43 +63,116 @@ DTYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),
 }
 NAMES = {dtype: name for name, dtype in DTYPES.items()}
-MAX_HEADER_BYTES = 100_000_000
 
 
 class CorruptWeightsError(ValueError):
     """A weights file is truncated, corrupted or not safetensors."""
 
 
-def write(
-    path: str | os.PathLike, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None
-) -> None:
-    """Write `tensors` to `path` atomically (a temporary file renamed into place)."""
-    header: dict[str, object] = {"__metadata__": dict(metadata)} if metadata else {}
-    offset = 0
-    arrays = {}
-    for name in sorted(tensors):
-        array = np.ascontiguousarray(tensors[name])
-        if array.dtype not in NAMES:
-            raise TypeError(
-                f"tensor {name!r} has dtype {array.dtype}, which safetensors cannot store"
-            )
-        header[name] = {
-            "dtype": NAMES[array.dtype],
-            "shape": list(array.shape),
-            "data_offsets": [offset, offset + array.nbytes],
-        }
-        arrays[name] = array
-        offset += array.nbytes
-    encoded = json.dumps(header, separators=(",", ":")).encode()
-    encoded += b" " * (-len(encoded) % 8)  # keep the buffer 8-byte aligned
+def corrupt(path: Path, problem: str) -> CorruptWeightsError:
+    """The one-line error for the weights file `path` and what is wrong with it."""
+    problem = " ".join(problem.split())
+    return CorruptWeightsError(
+        f"{path} is not a valid safetensors file ({problem}); it is truncated or corrupted: "
+        "delete it and download or save it again"
+    )
+
+
+@contextlib.contextmanager
+def library_errors(path: Path) -> Iterator[None]:
+    """Turn the library's errors about the file `path` into `CorruptWeightsError`."""
+    try:
+        yield
+    except safetensors.SafetensorError as error:
+        raise corrupt(path, str(error)) from None
+    except BaseException as error:  # a Rust panic is a BaseException named PanicException
+        if type(error).__name__ == "PanicException":
+            raise corrupt(path, f"the safetensors library failed: {error}") from None
+        raise
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredTensor:
+    """One tensor of an opened, validated safetensors file; its bytes are read on demand.
+
+    Attributes:
+        path: the file.
+        key: the tensor's name in the file.
+        shape: its shape.
+        dtype: its NumPy dtype.
+        handle: the library's open ``safe_open`` handle on `path`.
+    """
+
+    path: Path
+    key: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    handle: safetensors.safe_open = dataclasses.field(repr=False)
+
+    def read(self, index: tuple[slice, ...] | None = None) -> np.ndarray:
+        """A fresh array of the whole tensor, or of the part `index` (one slice per axis)
+        selects; only the bytes of that part are copied out of the file."""
+        if index is not None and len(index) != len(self.shape):
+            raise IndexError(f"index {index} has {len(index)} axes; {self.key!r} has {self.shape}")
+        if 0 in self.shape:  # no bytes to read, and get_slice refuses zero-length axes
+            return np.zeros(self.shape, self.dtype)[index or ()]
+        with library_errors(self.path):
+            if index is None:
+                return self.handle.get_tensor(self.key)
+            return self.handle.get_slice(self.key)[index]
+
+
+def open_file(path: str | os.PathLike) -> tuple[dict[str, StoredTensor], dict[str, str]]:
+    """Open and validate `path`, reading no tensor bytes yet.
+
+    Returns:
+        ``({name: StoredTensor}, metadata)``; the file stays mapped while any of the
+        tensors is alive.
+
+    Raises:
+        FileNotFoundError: if `path` does not exist.
+        CorruptWeightsError: naming the file and what is wrong with it.
+    """
     path = Path(path)
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "wb") as f:
-        f.write(struct.pack("<Q", len(encoded)))
-        f.write(encoded)
-        for array in arrays.values():
-            f.write(memoryview(array.reshape(-1).view(np.uint8)))
-    os.replace(partial, path)
+    with library_errors(path):
+        handle = safetensors.safe_open(path, framework="numpy")
+        slices = {key: handle.get_slice(key) for key in handle.keys()}  # noqa: SIM118 (not a dict)
+        metadata = handle.metadata() or {}
+    unknown = {key: s.get_dtype() for key, s in slices.items() if s.get_dtype() not in DTYPES}
+    if unknown:
+        raise corrupt(path, f"dtypes this project does not read: {unknown}")
+    header_json(path)  # the library took the header; refuse repeated keys it let pass
+    tensors = {
+        key: StoredTensor(path, key, tuple(s.get_shape()), DTYPES[s.get_dtype()], handle)
+        for key, s in slices.items()
+    }
+    return tensors, metadata
+
+
+def read(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Every tensor in `path` as a fresh array, and the metadata (see `open_file`)."""
+    tensors, metadata = open_file(path)
+    return {key: tensor.read() for key, tensor in tensors.items()}, metadata
+
+
+def header_json(path: Path) -> tuple[dict, int]:
+    """The header of `path` parsed as JSON, refusing a key repeated in any one object, and
+    the byte offset of the buffer after it."""
+
+    def unique(pairs: list[tuple[str, object]]) -> dict:
+        keys = [key for key, _ in pairs]
+        repeated = sorted({key for key in keys if keys.count(key) > 1})
+        if repeated:
+            raise corrupt(path, f"the header repeats the keys {repeated}")
+        return dict(pairs)
+
+    with open(path, "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        text = f.read(length)
+    try:
+        return json.loads(text, object_pairs_hook=unique), 8 + length
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise corrupt(path, f"header is not JSON: {error}") from None
 
 
 def read_header(path: str | os.PathLike) -> tuple[dict[str, dict], dict[str, str], int]:
@@ -85,71 +185,27 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, dict], dict[str, str
     Raises:
         CorruptWeightsError: naming the file and what is wrong with it.
     """
-    path = Path(path)
-    size = path.stat().st_size
-
-    def fail(problem: str) -> CorruptWeightsError:
-        return CorruptWeightsError(
-            f"{path} is not a valid safetensors file ({problem}); it is truncated or corrupted: "
-            "delete it and download or save it again"
-        )
-
-    if size < 8:
-        raise fail(f"only {size} bytes")
-    with open(path, "rb") as f:
-        (length,) = struct.unpack("<Q", f.read(8))
-        if length > min(size - 8, MAX_HEADER_BYTES):
-            raise fail(f"header length {length} does not fit in {size} bytes")
-        try:
-            header = json.loads(f.read(length))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise fail(f"header is not JSON: {error}") from None
-    if not isinstance(header, dict):
-        raise fail("header is not a JSON object")
-    metadata = header.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise fail("__metadata__ must map strings to strings")
-    data_size = size - 8 - length
-    spans = []
-    for name, entry in header.items():
-        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
-            raise fail(f"entry {name!r} must have exactly dtype, shape and data_offsets")
-        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-        if dtype not in DTYPES:
-            raise fail(f"tensor {name!r} has unknown dtype {dtype!r}")
-        if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
-            raise fail(f"tensor {name!r} has invalid shape {shape!r}")
-        if not (
-            isinstance(offsets, list)
-            and len(offsets) == 2
-            and all(isinstance(o, int) for o in offsets)
-        ):
-            raise fail(f"tensor {name!r} has invalid data_offsets {offsets!r}")
-        begin, end = offsets
-        if end - begin != math.prod(shape) * DTYPES[dtype].itemsize or begin < 0:
-            raise fail(f"tensor {name!r}: data_offsets {offsets} do not match {dtype} {shape}")
-        spans.append((begin, end, name))
-    position = 0
-    for begin, end, name in sorted(spans):
-        if begin != position:
-            raise fail(
-                f"tensor {name!r} starts at byte {begin}, expected {position} (gap or overlap)"
-            )
-        position = end
-    if position != data_size:
-        raise fail(f"tensors cover {position} bytes but the file holds {data_size}")
-    return header, metadata, 8 + length
+    _, metadata = open_file(path)
+    entries, data_start = header_json(Path(path))
+    entries.pop("__metadata__", None)
+    return entries, metadata, data_start
 
 
-def read(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Validated, memory-mapped, read-only arrays of every tensor in `path`, and the metadata."""
-    entries, metadata, start = read_header(path)
-    if Path(path).stat().st_size == start:  # nothing to map: every tensor is empty
-        buffer = np.zeros(0, np.uint8)
-    else:
-        buffer = np.memmap(path, dtype=np.uint8, mode="r", offset=start)
+def write(
+    path: str | os.PathLike, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None
+) -> None:
+    """Write `tensors` and `metadata` to `path` with ``safetensors.numpy.save_file``, which
+    writes a temporary file and renames it into place.
+
+    Raises:
+        TypeError: naming a tensor whose dtype is not in `DTYPES`.
+    """
     arrays = {}
-    for name, entry in entries.items():
-        begin, end = entry["data_offsets"]
-        arrays[name] = buffer[begin:end].view(DTYPES[entry["dtype"]]).reshape(entry["shape"])
-    return arrays, metadata
+    for name, tensor in tensors.items():
+        array = np.asarray(tensor)
+        if array.dtype not in NAMES:
+            raise TypeError(
+                f"tensor {name!r} has dtype {array.dtype}, which safetensors cannot store"
+            )
+        arrays[name] = np.ascontiguousarray(array)
+    safetensors.numpy.save_file(arrays, path, metadata=dict(metadata) if metadata else None)

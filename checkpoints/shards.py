@@ -107,16 +107,17 @@ def read_index(folder: Path) -> dict[str, str]:
     return weight_map
 
 
-def open_all(folder: Path) -> dict[str, np.ndarray]:
-    """Memory-mapped, validated views of every tensor of `folder`'s weights, whichever the
-    layout; with shards, each file must hold exactly the keys the index gives it."""
+def open_all(folder: Path) -> dict[str, safetensors_format.StoredTensor]:
+    """Every tensor of `folder`'s weights, whichever the layout, opened and validated but not
+    read yet (see `safetensors_format.open_file`); with shards, each file must hold exactly
+    the keys the index gives it."""
     names = files_of(folder)
     if names == [SINGLE_FILE]:
-        return safetensors_format.read(folder / SINGLE_FILE)[0]
+        return safetensors_format.open_file(folder / SINGLE_FILE)[0]
     weight_map = read_index(folder)
-    arrays: dict[str, np.ndarray] = {}
+    tensors: dict[str, safetensors_format.StoredTensor] = {}
     for name in names:
-        shard, _ = safetensors_format.read(folder / name)
+        shard, _ = safetensors_format.open_file(folder / name)
         listed = {k for k, f in weight_map.items() if f == name}
         extra, missing = sorted(set(shard) - listed), sorted(listed - set(shard))
         if extra or missing:
@@ -124,5 +125,5 @@ def open_all(folder: Path) -> dict[str, np.ndarray]:
                 f"{folder / name} disagrees with {INDEX_FILE}: it holds {extra} that the index "
                 f"does not list for it and lacks {missing} that the index lists for it"
             )
-        arrays |= shard
-    return arrays
+        tensors |= shard
+    return tensors
