@@ -6,6 +6,10 @@ against the config), so a broken checkpoint is never published. The upload goes 
 travel by the Hub's LFS (or Xet) protocol with progress bars, and config, weights and card
 land together in a single commit whose SHA is returned; weight files of an earlier layout
 (shards replaced by one file, or the reverse) are deleted in the same commit.
+
+The list of files to delete is read at the branch head, and the commit names that head as
+its parent: if another push lands in between, the Hub refuses the commit, so two pushes can
+never leave both layouts side by side.
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ from pathlib import Path
 
 import equinox as eqx
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
+from huggingface_hub.errors import HfHubHTTPError
 
 from checkpoints import shards
 from checkpoints.card import CardDetails, render_card, validate_card
+from checkpoints.errors import CheckpointError
 from checkpoints.pretrained import (
     CARD_FILE,
     CONFIG_FILE,
@@ -56,6 +62,10 @@ def push_to_hub(
 
     Returns:
         The new commit's SHA.
+
+    Raises:
+        CheckpointError: the folder does not load, or the branch moved while the push was
+            prepared (another push landed first); nothing was committed.
     """
     with tempfile.TemporaryDirectory(prefix="biozoo-push-") as scratch:
         if isinstance(model_or_folder, eqx.Module):
@@ -83,13 +93,23 @@ def push_to_hub(
         api.create_repo(repo_id, private=private, exist_ok=True)
         if revision is not None:
             api.create_branch(repo_id, branch=revision, exist_ok=True)
-        present = api.list_repo_files(repo_id, revision=revision)
+        head = api.repo_info(repo_id, revision=revision).sha
+        present = api.list_repo_files(repo_id, revision=head)
         stale = [n for n in present if shards.is_weight_file(n) and n not in names]
         operations += [CommitOperationDelete(name) for name in stale]
-        commit = api.create_commit(
-            repo_id,
-            operations,
-            commit_message=commit_message or f"Upload {architecture}",
-            revision=revision,
-        )
+        try:
+            commit = api.create_commit(
+                repo_id,
+                operations,
+                commit_message=commit_message or f"Upload {architecture}",
+                revision=revision,
+                parent_commit=head,
+            )
+        except HfHubHTTPError as error:
+            if error.response is None or error.response.status_code not in (409, 412):
+                raise
+            raise CheckpointError(
+                f"{repo_id}@{revision or 'main'} moved while this push was prepared (another "
+                f"push landed after {head[:12]}); nothing was committed: push again"
+            ) from None
     return commit.oid

@@ -155,3 +155,29 @@ def test_cli_push_and_pull_use_the_hub_environment_variables(hub, tmp_path):
     assert_bit_equal(
         zoo.from_pretrained(folder_line.removeprefix("folder: ")), zoo.from_pretrained(folder)
     )
+
+
+def test_a_push_that_races_another_is_refused_and_leaves_one_layout(hub, tmp_path, monkeypatch):
+    """Another push lands (as shards) between this push's file listing and its commit. The
+    commit names the head it was prepared against, so the server refuses it; without that,
+    both layouts (``model.safetensors`` beside the shards) would end up in the repository."""
+    endpoint, _ = hub
+    point_client_at(monkeypatch, endpoint, tmp_path / "cache")
+    repo = "lab/raced"
+    zoo.push_to_hub(encoder(7), repo, token=TOKEN)
+    create_commit = HfApi.create_commit
+    raced = []
+
+    def commit_after_a_concurrent_push(self, *args, **kwargs):
+        if not raced:
+            raced.append(True)
+            zoo.push_to_hub(encoder(8), repo, token=TOKEN, max_shard_size=50_000)
+        return create_commit(self, *args, **kwargs)
+
+    monkeypatch.setattr(HfApi, "create_commit", commit_after_a_concurrent_push)
+    with pytest.raises(CheckpointError, match="lab/raced@main moved while this push"):
+        zoo.push_to_hub(encoder(9), repo, token=TOKEN)
+    files = HfApi(token=TOKEN).list_repo_files(repo)
+    assert "model.safetensors" not in files
+    assert "model.safetensors.index.json" in files
+    assert_bit_equal(zoo.from_pretrained(repo), encoder(8))
