@@ -12,7 +12,15 @@ For the counts ``c`` of one cell over ``n_genes`` genes:
 Token ids are ``N_SPECIAL + gene index`` after the special ids ``[PAD] [CLS] [MASK]``.
 Alongside each token the tokenizer returns ``log1p(x)``, the normalised log expression, for
 a value embedding. The hard ranks select tokens; `GeneTokenizer.soft_ranks` gives their
-differentiable relaxation (`zoo.soft_rank`) in linear memory.
+differentiable relaxation among the expressed genes (`zoo.soft_rank`) in linear memory.
+
+The medians are data, not an architecture choice, so a tokenizer is usable only with
+medians: fitted (`GeneTokenizer.fit`) or given (`GeneTokenizer.from_medians`, where unit
+medians are the explicit choice of ranking by scaled counts alone). The constructor, which
+the registry calls to build the skeleton a checkpoint is loaded into, leaves every median 0,
+which no fitted median can be; a tokenizer with a median that is not positive and finite
+refuses to run (eagerly, or by `eqx.error_if` under `jax.jit`). Silently ranking with unit
+medians, as an unfitted tokenizer once did, changes which genes become tokens.
 """
 
 from __future__ import annotations
@@ -66,22 +74,41 @@ class GeneTokenizerConfig(Config):
         )
 
 
-def check_counts(counts: np.ndarray, n_genes: int, name: str = "counts") -> np.ndarray:
-    """Return `counts` as float32 after checking shape, finiteness and non-negativity.
+def check_counts(
+    counts: np.ndarray, n_genes: int, name: str = "counts", *, integer: bool = False
+) -> np.ndarray:
+    """Return `counts` as float32 after checking shape, finiteness and non-negativity (and,
+    with `integer`, that every entry is a whole number).
 
     Raises:
-        ValueError: naming the problem (wrong gene count, NaN/inf, negative entries).
+        ValueError: naming `name` and the problem (wrong gene count, NaN/inf, negative or
+            non-integer entries).
     """
     counts = np.asarray(counts)
-    if counts.shape[-1] != n_genes:
+    if counts.ndim == 0 or counts.shape[-1] != n_genes:
         raise ValueError(
-            f"{name} has {counts.shape[-1]} genes in its last axis, expected {n_genes}"
+            f"{name} has shape {counts.shape}; its last axis must hold {n_genes} genes"
         )
+    if not np.issubdtype(counts.dtype, np.number) or np.issubdtype(
+        counts.dtype, np.complexfloating
+    ):
+        raise ValueError(f"{name} must hold real numbers, got dtype {counts.dtype}")
     if not np.all(np.isfinite(counts)):
         raise ValueError(f"{name} contains NaN or infinite values")
     if np.any(counts < 0):
         raise ValueError(f"{name} contains negative values; expected raw counts")
+    if integer and np.any(counts != np.round(counts)):
+        raise ValueError(
+            f"{name} contains non-integer values; expected raw counts, not normalised or log "
+            "expression (the tokenizer normalises itself)"
+        )
     return counts.astype(np.float32)
+
+
+def is_traced(*values: object) -> bool:
+    """Whether any of `values` is a JAX tracer (inside `jax.jit`, `jax.vmap` or `jax.grad`),
+    so that its entries can only be checked with `eqx.error_if`."""
+    return any(isinstance(v, jax.core.Tracer) for v in values)
 
 
 class GeneTokenizer(eqx.Module):
@@ -91,18 +118,43 @@ class GeneTokenizer(eqx.Module):
     config: GeneTokenizerConfig = eqx.field(static=True)
 
     def __init__(self, config: GeneTokenizerConfig, *, key: PRNGKeyArray | None = None):
-        """Build an unfitted tokenizer (every median 1). `key` is unused: the tokenizer has
-        no random parameters; it is accepted so every architecture builds the same way."""
+        """Build an unfitted tokenizer, every median 0: it refuses to tokenize until
+        `fit` or `from_medians` gives it medians (or a checkpoint is loaded into it).
+        `key` is unused: the tokenizer has no random parameters; it is accepted so every
+        architecture builds the same way."""
         del key
-        self.gene_medians = jnp.ones(config.n_genes)
+        self.gene_medians = jnp.zeros(config.n_genes)
         self.config = config
 
+    @classmethod
+    def from_medians(cls, config: GeneTokenizerConfig, medians: np.ndarray) -> GeneTokenizer:
+        """A tokenizer with the given per-gene medians, for example those a published
+        Geneformer ships, or ``np.ones(n_genes)`` to rank by scaled counts alone.
+
+        Raises:
+            ValueError: when `medians` is not ``(n_genes,)`` or not all finite and positive.
+        """
+        medians = np.asarray(medians)
+        if medians.shape != (config.n_genes,):
+            raise ValueError(f"medians has shape {medians.shape}, expected ({config.n_genes},)")
+        if not np.all(np.isfinite(medians) & (medians > 0)):
+            raise ValueError("medians must be finite and positive")
+        tokenizer = cls(config)
+        return eqx.tree_at(lambda t: t.gene_medians, tokenizer, jnp.asarray(medians, jnp.float32))
+
     def fit(self, counts: np.ndarray) -> GeneTokenizer:
-        """A copy whose medians are fitted on a (cells, n_genes) count matrix (dense or
-        scipy sparse). A gene expressed in no cell keeps the median 1."""
+        """A copy whose medians are fitted on a (cells, n_genes) matrix of raw integer
+        counts (dense or scipy sparse). A gene expressed in no cell gets the median 1.
+
+        Raises:
+            ValueError: naming the problem when `counts` is not a 2-D matrix of
+                non-negative integer counts over ``n_genes`` genes.
+        """
         if hasattr(counts, "toarray"):
             counts = counts.toarray()
-        counts = check_counts(counts, self.config.n_genes)
+        counts = check_counts(counts, self.config.n_genes, integer=True)
+        if counts.ndim != 2 or counts.shape[0] == 0:
+            raise ValueError(f"counts must be a (cells, genes) matrix, got shape {counts.shape}")
         totals = counts.sum(axis=1, keepdims=True)
         scaled = counts / np.maximum(totals, 1e-12) * self.config.target_sum
         expressed = np.where(counts > 0, scaled, np.nan)
@@ -111,18 +163,59 @@ class GeneTokenizer(eqx.Module):
         medians = np.nanmedian(expressed, axis=0).astype(np.float32)
         return eqx.tree_at(lambda t: t.gene_medians, self, jnp.asarray(medians))
 
+    def checked_medians(self) -> Float[Array, " n_genes"]:
+        """The medians, after checking that they are all finite and positive (that the
+        tokenizer was fitted): eagerly, or with `eqx.error_if` when traced.
+
+        Raises:
+            ValueError: naming `fit` and `from_medians` when they are not.
+        """
+        medians = self.gene_medians
+        message = (
+            "GeneTokenizer is not fitted (gene_medians must be finite and positive): use "
+            "tokenizer.fit(counts) or GeneTokenizer.from_medians(config, medians)"
+        )
+        if is_traced(medians):
+            return eqx.error_if(medians, ~jnp.all(jnp.isfinite(medians) & (medians > 0)), message)
+        if not np.all(np.isfinite(medians) & (np.asarray(medians) > 0)):
+            raise ValueError(message)
+        return medians
+
+    def checked_counts(self, counts: Real[Array, " n_genes"]) -> Real[Array, " n_genes"]:
+        """One cell's counts after checking their length and, when they are concrete, that
+        they are finite and non-negative. Under `jax.jit` or `jax.vmap` only the length is
+        checked. They need not be integers: normalised or denoised expression is accepted,
+        and gradients flow through it.
+
+        Raises:
+            ValueError: naming `counts` and the problem.
+        """
+        if jnp.shape(counts) != (self.config.n_genes,):
+            raise ValueError(
+                f"counts must be one cell of shape ({self.config.n_genes},), got shape "
+                f"{jnp.shape(counts)}; batch with jax.vmap"
+            )
+        if not is_traced(counts):
+            check_counts(np.asarray(counts), self.config.n_genes)
+        return counts
+
     def normalise(self, counts: Real[Array, " n_genes"]) -> Float[Array, " n_genes"]:
         """Counts scaled to ``target_sum`` (step 1 of the module docstring)."""
-        counts = counts.astype(jnp.float32)
+        counts = self.checked_counts(counts).astype(jnp.float32)
         return counts / jnp.maximum(counts.sum(), 1e-12) * self.config.target_sum
 
     def rank_scores(self, counts: Real[Array, " n_genes"]) -> Float[Array, " n_genes"]:
         """``log1p(x / median)``: the order-preserving score that genes are ranked by."""
-        return jnp.log1p(self.normalise(counts) / self.gene_medians)
+        return jnp.log1p(self.normalise(counts) / self.checked_medians())
 
     def __call__(self, counts: Real[Array, " n_genes"]) -> GeneTokens:
         """Tokenize one cell: the top ``max_tokens`` expressed genes by descending score
-        (ties broken by gene index), padded with ``[PAD]``."""
+        (ties broken by gene index), padded with ``[PAD]``.
+
+        Raises:
+            ValueError: when the tokenizer is not fitted or the counts are bad (see
+                `checked_medians` and `checked_counts`).
+        """
         scores = self.rank_scores(counts)
         expressed = counts > 0
         _, order = jax.lax.top_k(jnp.where(expressed, scores, -jnp.inf), self.config.max_tokens)
@@ -134,6 +227,14 @@ class GeneTokenizer(eqx.Module):
     def soft_ranks(
         self, counts: Real[Array, " n_genes"], temperature: float | Float[Array, ""] = 0.1
     ) -> Float[Array, " n_genes"]:
-        """Differentiable descending ranks of every gene's score (1 = top gene). Tends to
-        the hard rank as ``temperature -> 0``; memory linear in ``n_genes``."""
-        return soft_rank(self.rank_scores(counts), temperature)
+        """Differentiable descending ranks of the expressed genes' scores among themselves
+        (1 = top gene; `zoo.soft_rank` with the expressed genes as its mask); genes not
+        expressed take no part and are ranked tied last. Tends to the hard rank as
+        ``temperature -> 0``; memory linear in ``n_genes``.
+
+        Raises:
+            ValueError: as `__call__`, or when `temperature` is a number that is not positive.
+        """
+        if not is_traced(temperature) and not float(temperature) > 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        return soft_rank(self.rank_scores(counts), temperature, mask=counts > 0)
