@@ -22,6 +22,7 @@ from typing import NamedTuple
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, Real
 
 from zoo.common.config import Config, require_choice, require_probability
@@ -39,6 +40,7 @@ from zoo.expression.gene_tokenizer import (
     GeneTokenizer,
     GeneTokenizerConfig,
     GeneTokens,
+    is_traced,
 )
 
 
@@ -127,11 +129,16 @@ class DifferentiableFoundationModel(eqx.Module):
         self.config = config
 
     def with_tokenizer(self, tokenizer: GeneTokenizer) -> DifferentiableFoundationModel:
-        """A copy using `tokenizer` (for example one fitted on the training corpus)."""
+        """A copy using `tokenizer` (for example one fitted on the training corpus).
+
+        Raises:
+            ValueError: when its config differs from the model's or it is not fitted.
+        """
         if tokenizer.config != self.config.tokenizer:
             raise ValueError(
                 f"tokenizer config {tokenizer.config} differs from {self.config.tokenizer}"
             )
+        tokenizer.checked_medians()
         return eqx.tree_at(lambda m: m.tokenizer, self, tokenizer)
 
     def encode_values(self, values: Float[Array, " n"]) -> Float[Array, "n dim"]:
@@ -149,7 +156,8 @@ class DifferentiableFoundationModel(eqx.Module):
         """Tokenize one cell with the model's `GeneTokenizer`, then `encode` it.
 
         Args:
-            counts: raw counts of the cell over the tokenizer's genes.
+            counts: the cell's counts over the tokenizer's genes: raw counts, or any
+                non-negative expression (gradients flow back to it).
             key: when given, draws this cell's random expression mask and drives dropout;
                 when None, nothing is masked (unless `expression_mask` is given) and dropout
                 must be off (``dropout=0`` or `eqx.nn.inference_mode`).
@@ -159,8 +167,13 @@ class DifferentiableFoundationModel(eqx.Module):
         Returns:
             `FoundationOutput`; every per-token field has ``max_tokens + 1`` entries,
             position 0 being ``[CLS]`` (never masked, value 0).
+
+        Raises:
+            ValueError: when the tokenizer is not fitted, the counts are bad
+                (`GeneTokenizer.checked_counts`) or `expression_mask` has the wrong shape.
         """
-        return self.encode(self.tokenizer(counts), key=key, expression_mask=expression_mask)
+        tokens = self.tokenizer(counts)
+        return self._encode(tokens, key, self.checked_expression_mask(tokens, expression_mask))
 
     def encode(
         self,
@@ -169,7 +182,67 @@ class DifferentiableFoundationModel(eqx.Module):
         key: PRNGKeyArray | None = None,
         expression_mask: Bool[Array, " max_tokens"] | None = None,
     ) -> FoundationOutput:
-        """Run the transformer over one cell's tokens (arguments as in `__call__`)."""
+        """Run the transformer over one cell's tokens (arguments as in `__call__`).
+
+        Raises:
+            ValueError: when the token fields or `expression_mask` differ in shape from
+                ``(max_tokens,)``, the ids are not integers, or an id lies outside the
+                vocabulary ``[0, N_SPECIAL + n_genes)``. Under `jax.jit` or `jax.vmap` the
+                last is checked by `eqx.error_if` (a runtime error), since an embedding
+                lookup would silently clamp such an id.
+        """
+        expression_mask = self.checked_expression_mask(tokens, expression_mask)
+        return self._encode(self.checked_ids(tokens), key, expression_mask)
+
+    def checked_expression_mask(
+        self, tokens: GeneTokens, expression_mask: Bool[Array, " max_tokens"] | None
+    ) -> Bool[Array, " max_tokens"] | None:
+        """`expression_mask` after checking that it and every field of `tokens` has shape
+        ``(max_tokens,)`` (shapes are known even under `jax.jit`).
+
+        Raises:
+            ValueError: naming the field whose shape is wrong.
+        """
+        expected = (self.config.tokenizer.max_tokens,)
+        fields = {f"tokens.{name}": value for name, value in tokens._asdict().items()}
+        if expression_mask is not None:
+            fields["expression_mask"] = expression_mask
+        for name, value in fields.items():
+            if jnp.shape(value) != expected:
+                raise ValueError(
+                    f"{name} must have shape {expected} (one cell), got {jnp.shape(value)}"
+                )
+        return expression_mask
+
+    def checked_ids(self, tokens: GeneTokens) -> GeneTokens:
+        """`tokens` after checking that the ids are integers lying in the vocabulary: eagerly,
+        or with `eqx.error_if` when traced.
+
+        Raises:
+            ValueError: when the ids are not integers, or (eagerly) naming the vocabulary
+                size when an id lies outside it.
+        """
+        if not jnp.issubdtype(jnp.result_type(tokens.ids), jnp.integer):
+            raise ValueError(
+                f"tokens.ids must be integers, got dtype {jnp.result_type(tokens.ids)}"
+            )
+        vocab = self.gene_embedding.weight.shape[0]
+        message = f"tokens.ids must lie in the vocabulary [0, {vocab})"
+        outside = (tokens.ids < 0) | (tokens.ids >= vocab)
+        if is_traced(tokens.ids):
+            return tokens._replace(ids=eqx.error_if(tokens.ids, outside.any(), message))
+        if np.any(np.asarray(outside)):
+            bad = np.asarray(tokens.ids)[np.asarray(outside)]
+            raise ValueError(f"{message}; got {bad[:5].tolist()}")
+        return tokens
+
+    def _encode(
+        self,
+        tokens: GeneTokens,
+        key: PRNGKeyArray | None,
+        expression_mask: Bool[Array, " max_tokens"] | None,
+    ) -> FoundationOutput:
+        """`encode` without its checks, for tokens the model's own tokenizer made."""
         mask_key, dropout_key = (None, None) if key is None else jax.random.split(key)
         if expression_mask is None:
             expression_mask = (

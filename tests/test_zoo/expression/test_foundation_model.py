@@ -4,6 +4,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import zoo
 from zoo.expression.foundation_model import random_expression_mask
@@ -82,10 +83,53 @@ def test_mean_pooling_ignores_masked_and_padding_tokens(real_cells):
     config = zoo.DifferentiableFoundationModelConfig(
         tokenizer=CONFIG.tokenizer, transformer=CONFIG.transformer, pooling="mean"
     )
-    model = eqx.nn.inference_mode(zoo.DifferentiableFoundationModel(config, key=jax.random.key(0)))
+    model = zoo.DifferentiableFoundationModel(config, key=jax.random.key(0))
+    model = eqx.nn.inference_mode(model.with_tokenizer(model.tokenizer.fit(real_cells)))
     out = model(jnp.asarray(real_cells[6]), key=jax.random.key(7))
     keep = np.array(out.token_mask & ~out.expression_mask)
     keep[0] = False
     np.testing.assert_allclose(
         out.cell_embedding, np.asarray(out.hidden)[keep].mean(0), rtol=1e-5, atol=1e-6
     )
+
+
+def test_an_unfitted_tokenizer_is_refused(real_cells):
+    model = zoo.DifferentiableFoundationModel(CONFIG, key=jax.random.key(0))
+    cell = jnp.asarray(real_cells[0])
+    with pytest.raises(ValueError, match="GeneTokenizer is not fitted"):
+        model(cell)
+    with pytest.raises(RuntimeError, match="GeneTokenizer is not fitted"):
+        eqx.filter_jit(jax.vmap(lambda m, c: m(c).cell_embedding, in_axes=(None, 0)))(
+            model, cell[None]
+        )
+    with pytest.raises(ValueError, match="GeneTokenizer is not fitted"):
+        model.with_tokenizer(model.tokenizer)
+
+
+def test_bad_tokens_are_refused(real_cells):
+    model = build(real_cells)
+    tokens = model.tokenizer(jnp.asarray(real_cells[1]))
+    vocab = 2000 + 3
+    for bad_id in (vocab, -1):
+        bad = tokens._replace(ids=tokens.ids.at[5].set(bad_id))
+        with pytest.raises(ValueError, match=rf"vocabulary \[0, {vocab}\); got \[{bad_id}\]"):
+            model.encode(bad)
+        # under jit an embedding lookup would clamp the id silently; eqx.error_if stops it
+        with pytest.raises(RuntimeError, match=rf"vocabulary \[0, {vocab}\)"):
+            eqx.filter_jit(lambda m, t: m.encode(t).hidden)(model, bad)
+    with pytest.raises(ValueError, match=r"tokens\.ids must be integers"):
+        model.encode(tokens._replace(ids=tokens.ids.astype(jnp.float32)))
+    with pytest.raises(ValueError, match=r"tokens\.values must have shape \(64,\)"):
+        model.encode(tokens._replace(values=tokens.values[:63]))
+    with pytest.raises(ValueError, match=r"expression_mask must have shape \(64,\)"):
+        model(jnp.asarray(real_cells[1]), expression_mask=jnp.ones(65, bool))
+
+
+def test_bad_counts_are_refused(real_cells):
+    model = build(real_cells)
+    with pytest.raises(ValueError, match="counts contains negative values"):
+        model(jnp.asarray(real_cells[0]).at[0].set(-2.0))
+    with pytest.raises(ValueError, match="counts contains NaN"):
+        model(jnp.asarray(real_cells[0]).at[0].set(jnp.nan))
+    with pytest.raises(ValueError, match=r"counts must be one cell of shape \(2000,\)"):
+        model(jnp.asarray(real_cells[0, :100]))
