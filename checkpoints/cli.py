@@ -25,7 +25,8 @@ from checkpoints.upload import push_to_hub
 
 
 def pull(args: argparse.Namespace) -> int:
-    """Download (or find in the cache) a checkpoint, check it, print folder and commit."""
+    """Download (or find in the cache) a checkpoint, check it, print its folder and its commit
+    (or, for a checkpoint shipped inside the package, the SHA-256 of its files)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         folder, provenance = resolve(
@@ -35,7 +36,13 @@ def pull(args: argparse.Namespace) -> int:
     for warning in caught:
         print(f"warning: {warning.message}", file=sys.stderr)
     print(f"folder: {folder}")
-    print(f"commit: {provenance.commit or '(local folder)'}")
+    if provenance.commit is not None:
+        print(f"commit: {provenance.commit}")
+    elif provenance.sha256:  # shipped inside the package: its digests identify it
+        for name, digest in sorted(provenance.sha256.items()):
+            print(f"sha256 {name}: {digest}")
+    else:
+        print("commit: (local folder)")
     return 0
 
 

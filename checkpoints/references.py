@@ -34,9 +34,10 @@ class Provenance:
         reference: the reference as given.
         source: ``"local"``, ``"catalog"`` or ``"hub"``.
         folder: the folder the weights were read from.
-        repo_id: the Hub repository (Hub and catalog checkpoints).
+        repo_id: the Hub repository (Hub checkpoints, and catalog checkpoints mirrored there).
         revision: the revision asked for (None: the default branch).
-        commit: the commit SHA it resolved to (Hub and catalog checkpoints).
+        commit: the commit SHA it resolved to (Hub checkpoints, and mirrored catalog ones).
+        sha256: the verified SHA-256 of each file (catalog checkpoints).
     """
 
     reference: str
@@ -45,6 +46,7 @@ class Provenance:
     repo_id: str | None = None
     revision: str | None = None
     commit: str | None = None
+    sha256: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def pinned(self) -> bool:
@@ -52,7 +54,16 @@ class Provenance:
         return self.source == "local" or self.revision == self.commit
 
     def __str__(self) -> str:
-        return str(self.folder) if self.repo_id is None else f"{self.repo_id}@{self.commit}"
+        if self.repo_id is not None:
+            return f"{self.repo_id}@{self.commit}"
+        if self.sha256:  # a catalog checkpoint that ships inside the package
+            weights = "; ".join(
+                f"{name} sha256 {digest}"
+                for name, digest in sorted(self.sha256.items())
+                if name != "config.json"
+            )
+            return f"{self.reference} (shipped in {self.folder}; {weights})"
+        return str(self.folder)
 
 
 def split_reference(ref: str, revision: str | None) -> tuple[str, str | None]:
@@ -123,4 +134,7 @@ def _resolve_catalog(
             token=token,
         )
     verify_digests(folder, entry.sha256, f"catalog checkpoint {name!r} ({folder})")
-    return folder, Provenance(name, "catalog", folder, entry.repo_id, entry.commit, entry.commit)
+    repo_id = entry.repo_id if entry.commit is not None else None  # not on the Hub yet
+    return folder, Provenance(
+        name, "catalog", folder, repo_id, entry.commit, entry.commit, dict(entry.sha256)
+    )

@@ -1,6 +1,7 @@
 """Each published checkpoint loads by its catalog name, offline, and reproduces the
 embedding of the fixed real input stored next to it."""
 
+import hashlib
 import json
 import re
 
@@ -36,3 +37,18 @@ def test_card_states_provenance_and_downstream_results(name):
     card = (CATALOG[name].shipped_folder() / "README.md").read_text()
     assert "## Training data" in card and re.search("sha-?256", card, re.IGNORECASE)
     assert "## Downstream results" in card and "from scratch" in card
+
+
+@pytest.mark.parametrize("name", sorted(CATALOG))
+def test_a_shipped_checkpoint_reports_its_folder_and_digest_not_a_hub_commit(name, capsys):
+    from checkpoints.cli import main as hub_main
+
+    _, provenance = zoo.from_pretrained(name, with_provenance=True)
+    weights = hashlib.sha256((provenance.folder / "model.safetensors").read_bytes()).hexdigest()
+    assert CATALOG[name].commit is None  # shipped only: no Hub repository to name
+    assert provenance.repo_id is None and provenance.commit is None
+    assert "None" not in str(provenance)
+    assert str(provenance.folder) in str(provenance) and weights in str(provenance)
+    assert hub_main(["pull", name]) == 0
+    printed = capsys.readouterr().out
+    assert f"sha256 model.safetensors: {weights}" in printed and "None" not in printed
