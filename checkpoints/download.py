@@ -3,8 +3,9 @@
 Everything goes through `huggingface_hub.snapshot_download`, so ``HF_ENDPOINT``,
 ``HF_TOKEN``, ``HF_HUB_OFFLINE`` and ``HF_HOME``/``HF_HUB_CACHE`` behave as everywhere else,
 progress bars show as usual, and a second load of the same revision reads the cache. Only
-the files a checkpoint needs are fetched (never pickles or code), and every cached file is
-checked against the Hub's content hash before use (`checkpoints.integrity`).
+the files a checkpoint needs are fetched: config, weights, card and the sidecar files beside
+them (`checkpoints.sidecars`; never pickles or code), and every cached file is checked
+against the Hub's content hash before use (`checkpoints.integrity`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from huggingface_hub.errors import (
 
 from checkpoints.errors import CheckpointError
 from checkpoints.integrity import verify_cached_snapshot
+from checkpoints.sidecars import SIDECAR_PATTERNS
 
 CHECKPOINT_FILES = [
     "config.json",
@@ -28,6 +30,7 @@ CHECKPOINT_FILES = [
     "model.safetensors",
     "model.safetensors.index.json",
     "model-*-of-*.safetensors",
+    *SIDECAR_PATTERNS,
 ]
 
 

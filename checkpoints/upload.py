@@ -4,8 +4,10 @@ The folder is checked first exactly as a load would check it (config, registry, 
 against the config), so a broken checkpoint is never published. The upload goes through
 `huggingface_hub.HfApi.create_commit`: ``HF_ENDPOINT`` and ``HF_TOKEN`` apply, large files
 travel by the Hub's LFS (or Xet) protocol with progress bars, and config, weights and card
-land together in a single commit whose SHA is returned; weight files of an earlier layout
-(shards replaced by one file, or the reverse) are deleted in the same commit.
+land together in a single commit whose SHA is returned, with the folder's sidecar files
+(`checkpoints.sidecars`: gene vocabulary, plots the card shows). Weight and sidecar files of
+an earlier push that this one does not carry (shards replaced by one file, an old gene list)
+are deleted in the same commit.
 
 The list of files to delete is read at the branch head, and the commit names that head as
 its parent: if another push lands in between, the Hub refuses the commit, so two pushes can
@@ -32,6 +34,7 @@ from checkpoints.pretrained import (
     read_config,
     save_pretrained,
 )
+from checkpoints.sidecars import check_card_links, is_sidecar, sidecar_files
 
 
 def push_to_hub(
@@ -87,6 +90,8 @@ def push_to_hub(
         names = [CONFIG_FILE, *shards.files_of(folder)]
         if (folder / shards.INDEX_FILE).is_file():
             names.append(shards.INDEX_FILE)
+        names += sidecar_files(folder, exclude={*names, CARD_FILE})
+        check_card_links(card_text, {*names, CARD_FILE}, str(model_or_folder))
         operations = [CommitOperationAdd(name, str(folder / name)) for name in names]
         operations.append(CommitOperationAdd(CARD_FILE, card_text.encode()))
         api = HfApi(token=token)
@@ -95,7 +100,11 @@ def push_to_hub(
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         head = api.repo_info(repo_id, revision=revision).sha
         present = api.list_repo_files(repo_id, revision=head)
-        stale = [n for n in present if shards.is_weight_file(n) and n not in names]
+        stale = [
+            n
+            for n in present
+            if (shards.is_weight_file(n) or is_sidecar(n)) and n not in {*names, CARD_FILE}
+        ]
         operations += [CommitOperationDelete(name) for name in stale]
         try:
             commit = api.create_commit(

@@ -181,3 +181,45 @@ def test_a_push_that_races_another_is_refused_and_leaves_one_layout(hub, tmp_pat
     assert "model.safetensors" not in files
     assert "model.safetensors.index.json" in files
     assert_bit_equal(zoo.from_pretrained(repo), encoder(8))
+
+
+def test_sidecars_travel_and_every_file_the_card_links_to_is_pulled(hub, tmp_path, monkeypatch):
+    from checkpoints.sidecars import card_links
+    from zoo.expression.gene_vocabulary import GENES_FILE, GeneVocabulary
+
+    endpoint, _ = hub
+    point_client_at(monkeypatch, endpoint, tmp_path / "cache")
+    folder = zoo.save_pretrained(encoder(10), tmp_path / "ckpt")
+    genes = GeneVocabulary.from_names(["ENSG00000163736.4", "LYZ", "GNLY"]).write(
+        folder / GENES_FILE
+    )
+    (folder / "loss_curve.png").write_bytes(b"\x89PNG\r\n\x1a\n loss")
+    (folder / "confusion_matrix.png").write_bytes(b"\x89PNG\r\n\x1a\n confusion")
+    (folder / "notes.py").write_text("print('never carried')\n")
+    card = (folder / "README.md").read_text()
+    card += "\n![loss](loss_curve.png)\n\n[confusion matrix](confusion_matrix.png)\n"
+    (folder / "README.md").write_text(card)
+    sha = zoo.push_to_hub(folder, "lab/sidecars", token=TOKEN)
+
+    pulled_folder = zoo.from_pretrained(f"lab/sidecars@{sha}", with_provenance=True)[1].folder
+    pulled = {p.name for p in pulled_folder.iterdir()}
+    assert set(card_links((pulled_folder / "README.md").read_text())) <= pulled
+    assert {GENES_FILE, "loss_curve.png", "confusion_matrix.png"} <= pulled
+    assert "notes.py" not in pulled
+    assert GeneVocabulary.read(pulled_folder / GENES_FILE) == GeneVocabulary.read(genes)
+
+    # a later push of a model without a gene list removes the old one
+    zoo.push_to_hub(encoder(11), "lab/sidecars", token=TOKEN)
+    assert GENES_FILE not in HfApi(token=TOKEN).list_repo_files("lab/sidecars")
+
+
+def test_a_card_linking_to_a_file_the_folder_lacks_is_not_pushed(hub, tmp_path, monkeypatch):
+    endpoint, root = hub
+    point_client_at(monkeypatch, endpoint, tmp_path / "cache")
+    folder = zoo.save_pretrained(encoder(12), tmp_path / "ckpt")
+    card = (folder / "README.md").read_text() + "\n![loss](loss_curve.png)\n[code](train.py)\n"
+    (folder / "README.md").write_text(card)
+    before = server_files(root)
+    with pytest.raises(CheckpointError, match=r"links to loss_curve\.png, train\.py"):
+        zoo.push_to_hub(folder, "lab/broken-card", token=TOKEN)
+    assert server_files(root) == before
