@@ -15,10 +15,20 @@ conversion once each, so reads that map to one transcript give ``TPM`` proportio
 
 Two paths:
 
-* ``model(classes)``: a fixed number (``n_unrolled``) of updates, differentiable end to end
-  (to the class counts and the effective lengths). The E-step may be tempered: each class
-  shares its reads in proportion to ``(n_t / l_t) ** (1 / temperature)``, as in
-  deterministic-annealing EM (Ueda & Nakano, Neural Netw. 1998); temperature 1 is plain EM.
+* ``model(classes)``: a fixed number (``n_updates``) of updates, differentiable in the class
+  counts and the effective lengths by the implicit function theorem at the fixed point: the
+  result ``n*`` solves ``n* = F(n*; N, l)`` for the update ``F``, so ``dn* = (I - dF/dn)^-1
+  (dF/dN dN + dF/dl dl)``, solved by GMRES (Saad & Schultz, SIAM J. Sci. Stat. Comput. 1986)
+  with Jacobian-vector products of one update. The updates themselves are not
+  differentiated, so memory does not grow with ``n_updates``, and the gradient is that of
+  the fixed point, not of the truncated iteration. It is exact only where the EM has
+  converged: the result reports ``relative_change``, the largest relative change of a
+  transcript with more than 0.01 reads in the last update (kallisto's convergence measure);
+  if it is not small, raise ``n_updates``. Transcripts that no read tells apart (same
+  classes, same length) have no defined derivative: ``I - dF/dn`` is singular there.
+  The E-step may be tempered: each class shares its reads in proportion to ``(n_t / l_t) **
+  (1 / temperature)``, as in deterministic-annealing EM (Ueda & Nakano, Neural Netw. 1998);
+  temperature 1 is plain EM; the fixed point is then that of the tempered update.
 * ``model.quantify(classes)``: plain EM run to kallisto 0.48's convergence rule inside
   `jax.lax.while_loop` (not reverse-differentiable): start from equal counts; stop once at
   least ``min_iterations`` updates are done and no transcript with more than 0.01 reads
@@ -30,7 +40,8 @@ update is two rounds of gathers and dense sums and never a scatter (see `_Proble
 
 The module's one array is ``effective_lengths``: with the transcript set it is what makes a
 quantifier specific to a transcriptome and a library (fragment-length distribution), it is
-saved in checkpoints, and gradients reach it.
+saved in checkpoints, and gradients reach it. `zoo.em.effective_lengths` computes it from the
+transcript lengths and a fragment-length distribution as kallisto does.
 """
 
 from __future__ import annotations
@@ -53,6 +64,9 @@ from zoo.em.equivalence_classes import EquivalenceClasses
 # zero before the last update.
 _CHANGE_FLOOR = 1e-2
 _ZERO_BELOW = 1e-8
+# GMRES for the fixed point's gradient: Krylov basis size, and restarts at most.
+_GMRES_RESTART = 30
+_GMRES_RESTARTS = 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +75,7 @@ class DifferentiableEMQuantifierConfig(Config):
 
     Attributes:
         n_transcripts: number of transcripts.
-        n_unrolled: EM updates made by the differentiable path (``__call__``).
+        n_updates: EM updates made by the differentiable path (``__call__``).
         temperature: E-step temperature of the differentiable path (1 is plain EM; below 1
             sharpens the sharing of multi-mapping reads, above 1 flattens it).
         tolerance: relative change under which ``quantify`` considers a transcript settled
@@ -72,7 +86,7 @@ class DifferentiableEMQuantifierConfig(Config):
     """
 
     n_transcripts: int = 16
-    n_unrolled: int = 100
+    n_updates: int = 100
     temperature: float = 1.0
     tolerance: float = 0.01
     min_iterations: int = 52
@@ -81,7 +95,7 @@ class DifferentiableEMQuantifierConfig(Config):
     def validate(self) -> None:
         require_positive(
             n_transcripts=self.n_transcripts,
-            n_unrolled=self.n_unrolled,
+            n_updates=self.n_updates,
             temperature=self.temperature,
             tolerance=self.tolerance,
             max_iterations=self.max_iterations,
@@ -101,12 +115,15 @@ class Abundances(NamedTuple):
         read_fractions: ``alpha``, the fraction of reads from each transcript.
         tpm: transcripts per million, ``1e6 * (n / l) / sum(n / l)``.
         iterations: EM updates made.
+        relative_change: the largest relative change ``|n_new - n_old| / n_new`` in the last
+            update among transcripts with more than 0.01 reads (0 if there are none).
     """
 
     est_counts: Float[Array, " n_transcripts"]
     read_fractions: Float[Array, " n_transcripts"]
     tpm: Float[Array, " n_transcripts"]
     iterations: Int[Array, ""]
+    relative_change: Float[Array, ""]
 
 
 class DifferentiableEMQuantifier(eqx.Module):
@@ -127,7 +144,8 @@ class DifferentiableEMQuantifier(eqx.Module):
 
     def with_effective_lengths(self, lengths: np.ndarray | Array) -> DifferentiableEMQuantifier:
         """A copy using `lengths` (one positive, finite value per transcript) as the
-        effective lengths, e.g. kallisto's ``eff_length`` column.
+        effective lengths: from `zoo.em.effective_lengths.effective_lengths`, or kallisto's
+        ``eff_length`` column.
 
         Raises:
             ValueError: for a wrong shape, NaN or infinite values, or a length <= 0.
@@ -146,25 +164,35 @@ class DifferentiableEMQuantifier(eqx.Module):
         return eqx.tree_at(lambda m: m.effective_lengths, self, jnp.asarray(lengths, jnp.float32))
 
     def __call__(self, classes: EquivalenceClasses) -> Abundances:
-        """``n_unrolled`` tempered EM updates from equal counts: the differentiable path.
+        """``n_updates`` tempered EM updates from equal counts: the differentiable path,
+        whose gradients are those of the fixed point (implicit function theorem; see module
+        doc), right only where ``relative_change`` of the result is small.
 
         Args:
             classes: one sample's equivalence classes over this quantifier's transcripts.
 
         Returns:
-            The `Abundances` after the updates (``iterations`` is ``n_unrolled``).
+            The `Abundances` after the updates (``iterations`` is ``n_updates``).
         """
         self._check(classes)
+        temperature = self.config.temperature
         problem = _Problem.of(classes, self.effective_lengths)
+        fixed = jax.lax.stop_gradient(problem)
 
         def update(counts, _):
-            return problem.update(counts, self.config.temperature), None
+            return fixed.update(counts, temperature), None
 
-        counts, _ = jax.lax.scan(update, problem.equal_counts(), None, self.config.n_unrolled)
+        start = fixed.equal_counts()
+        counts, _ = jax.lax.scan(update, start, None, self.config.n_updates - 1)
+        last = fixed.update(counts, temperature)
+        change = _relative_change(counts, last)
+        leaves, structure = jax.tree.flatten(problem)
+        last = _at_fixed_point(structure, temperature, last, *leaves)
         return _abundances(
-            problem.in_transcript_order(counts),
+            problem.in_transcript_order(last),
             self.effective_lengths,
-            jnp.asarray(self.config.n_unrolled),
+            jnp.asarray(self.config.n_updates),
+            change,
         )
 
     def quantify(self, classes: EquivalenceClasses) -> Abundances:
@@ -196,21 +224,88 @@ def _run_to_convergence(
     problem = _Problem.of(classes, model.effective_lengths)
 
     def running(state):
-        iteration, _, _, done = state
+        iteration, _, _, _, done = state
         return ~done & (iteration < config.max_iterations)
 
     def step(state):
         # After convergence, one last update from the counts with tiny values zeroed.
-        iteration, counts, converged, _ = state
+        iteration, counts, _, converged, _ = state
         counts = jnp.where(converged & (counts < _ZERO_BELOW), 0.0, counts)
         new = problem.update(counts, 1.0)
-        moving = (new > _CHANGE_FLOOR) & (jnp.abs(new - counts) > config.tolerance * new)
-        settled = ~jnp.any(moving) & (iteration + 1 >= config.min_iterations)
-        return iteration + 1, new, settled | converged, converged
+        change = _relative_change(counts, new)
+        settled = (change <= config.tolerance) & (iteration + 1 >= config.min_iterations)
+        return iteration + 1, new, change, settled | converged, converged
 
-    start = (jnp.asarray(0), problem.equal_counts(), jnp.asarray(False), jnp.asarray(False))
-    iterations, counts, _, _ = jax.lax.while_loop(running, step, start)
-    return _abundances(problem.in_transcript_order(counts), model.effective_lengths, iterations)
+    counts = problem.equal_counts()
+    no = jnp.asarray(False)
+    start = (jnp.asarray(0), counts, jnp.asarray(jnp.inf, counts.dtype), no, no)
+    iterations, counts, change, _, _ = jax.lax.while_loop(running, step, start)
+    return _abundances(
+        problem.in_transcript_order(counts), model.effective_lengths, iterations, change
+    )
+
+
+def _relative_change(
+    old: Float[Array, " n_padded"], new: Float[Array, " n_padded"]
+) -> Float[Array, ""]:
+    """kallisto's convergence measure: the largest ``|new - old| / new`` over transcripts
+    with more than 0.01 reads in `new` (0 if none)."""
+    counted = new > _CHANGE_FLOOR
+    ratios = jnp.abs(new - old) / jnp.where(counted, new, 1.0)
+    return jnp.max(jnp.where(counted, ratios, 0.0))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _at_fixed_point(structure, temperature: float, solution: Array, *leaves: Array) -> Array:
+    """`solution`, differentiated as the fixed point ``n* = F(n*; problem)`` of the EM update
+    for the problem flattened into `leaves` (module doc). Only the problem's float leaves
+    (lengths, unique and shared counts) receive gradients; `solution` receives none: a fixed
+    point does not depend on where the iteration started."""
+    del structure, temperature, leaves
+    return solution
+
+
+def _at_fixed_point_forward(structure, temperature, solution, *leaves):
+    return solution, (solution, leaves)
+
+
+def _at_fixed_point_backward(structure, temperature, residuals, cotangent):
+    """``u = (I - dF/dn)^-T g`` by GMRES on vector-Jacobian products, then ``u . dF/dproblem``."""
+    solution, leaves = residuals
+    problem = jax.tree.unflatten(structure, leaves)
+    _, pull_counts = jax.vjp(lambda counts: problem.update(counts, temperature), solution)
+
+    def minus_jacobian_transposed(vector):
+        (moved,) = pull_counts(vector)
+        return vector - moved
+
+    tolerance = float(jnp.finfo(solution.dtype).eps) ** 0.75
+    adjoint, _ = jax.scipy.sparse.linalg.gmres(
+        minus_jacobian_transposed,
+        cotangent,
+        tol=tolerance,
+        restart=min(_GMRES_RESTART, solution.shape[0]),
+        maxiter=_GMRES_RESTARTS,
+    )
+
+    def update_with(lengths, unique, shared_counts):
+        varied = problem._replace(lengths=lengths, unique=unique, shared_counts=shared_counts)
+        return varied.update(solution, temperature)
+
+    _, pull_problem = jax.vjp(update_with, problem.lengths, problem.unique, problem.shared_counts)
+    lengths, unique, shared_counts = pull_problem(adjoint)
+    varying = {"lengths": lengths, "unique": unique, "shared_counts": shared_counts}
+    gradients = [varying.get(field) for field in problem._fields]
+    # Leaves of the fields in order; the int fields (and tuples of them) get no gradient.
+    flat = [
+        leaf
+        for field, value, gradient in zip(problem._fields, problem, gradients, strict=True)
+        for leaf in ([gradient] if field in varying else [None] * len(jax.tree.leaves(value)))
+    ]
+    return (None, *flat)
+
+
+_at_fixed_point.defvjp(_at_fixed_point_forward, _at_fixed_point_backward)
 
 
 class _Problem(NamedTuple):
@@ -330,6 +425,7 @@ def _abundances(
     counts: Float[Array, " n_transcripts"],
     lengths: Float[Array, " n_transcripts"],
     iterations: Int[Array, ""],
+    relative_change: Float[Array, ""],
 ) -> Abundances:
     per_base = counts / lengths
     return Abundances(
@@ -337,4 +433,5 @@ def _abundances(
         read_fractions=counts / counts.sum(),
         tpm=1e6 * per_base / per_base.sum(),
         iterations=iterations.astype(jnp.int32),
+        relative_change=relative_change,
     )

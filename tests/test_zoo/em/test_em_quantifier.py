@@ -65,13 +65,13 @@ def test_matches_kallisto_est_counts_and_tpm(kallisto_test_data):
     np.testing.assert_allclose(ours.est_counts, abundance.est_counts, rtol=1e-4, atol=1e-3)
 
 
-def test_unrolled_plain_em_reaches_the_converged_answer(kallisto_test_data):
+def test_fixed_number_of_updates_reaches_the_converged_answer(kallisto_test_data):
     abundance, classes = kallisto_test_data
     converged = _quantifier(abundance.effective_lengths).quantify(classes)
-    unrolled = _quantifier(abundance.effective_lengths, n_unrolled=200)(classes)
+    updated = _quantifier(abundance.effective_lengths, n_updates=200)(classes)
     expressed = abundance.est_counts >= 10
     np.testing.assert_allclose(
-        unrolled.est_counts[expressed], converged.est_counts[expressed], rtol=0.01
+        updated.est_counts[expressed], converged.est_counts[expressed], rtol=0.01
     )
 
 
@@ -112,7 +112,7 @@ def test_uniquely_mapping_reads_give_the_true_tpm():
     lengths = np.array([100.0, 250.0, 1000.0, 2000.0, 4000.0])
     reads = rho * lengths * 10  # 100, 500, 3000, 3000, 10000 reads
     classes = EquivalenceClasses.from_lists([[t] for t in range(5)], reads, 5)
-    model = _quantifier(lengths, n_unrolled=3)
+    model = _quantifier(lengths, n_updates=3)
     for result in (model.quantify(classes), model(classes)):
         np.testing.assert_allclose(result.tpm, 1e6 * rho, rtol=1e-6)
         np.testing.assert_allclose(result.est_counts, reads, rtol=1e-6)
@@ -124,7 +124,7 @@ def test_tempered_update_shares_reads_by_powered_weights():
     classes = EquivalenceClasses.from_lists([[0, 1]], [100.0], 2)
     for temperature in (0.5, 1.0, 2.0):
         # One update from equal counts shares the class in proportion to (1 / l) ** (1 / T).
-        result = _quantifier(lengths, n_unrolled=1, temperature=temperature)(classes)
+        result = _quantifier(lengths, n_updates=1, temperature=temperature)(classes)
         weights = (1 / lengths) ** (1 / temperature)
         np.testing.assert_allclose(result.est_counts, 100 * weights / weights.sum(), rtol=1e-5)
 
@@ -154,7 +154,7 @@ def test_updates_match_a_dense_numpy_em(temperature):
         shares = np.divide(powered, totals, out=np.zeros_like(powered), where=totals > 0)
         expected = counts @ shares
     table = EquivalenceClasses.from_lists(classes, counts, lengths.size)
-    model = _quantifier(lengths, n_unrolled=3, temperature=temperature)
+    model = _quantifier(lengths, n_updates=3, temperature=temperature)
     ours = model(table).est_counts
     np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-6)
     assert np.all(ours[:5] == 0)
@@ -172,17 +172,17 @@ def test_gradients_are_finite_with_empty_classes_and_transcripts():
 
     gradients = eqx.filter_jit(jax.grad(total, argnums=(0, 1), allow_int=True))
     for temperature in (1.0, 0.3):
-        model = _quantifier(lengths, n_unrolled=2, temperature=temperature)
+        model = _quantifier(lengths, n_updates=2, temperature=temperature)
         d_model, d_table = gradients(model, table)
         assert np.all(np.isfinite(d_model.effective_lengths))
         assert np.all(np.isfinite(d_table.counts))
         assert np.any(d_table.counts[counts == 0] != 0)  # empty classes still pull
 
 
-def test_gradients_through_the_unrolled_path_are_finite_and_right():
+def test_float32_gradients_have_the_right_signs_and_match_finite_differences():
     # Transcripts 0 and 1 share class 2; each also has unique reads.
     classes = EquivalenceClasses.from_lists([[0], [1], [0, 1]], [30.0, 10.0, 60.0], 2)
-    model = _quantifier(np.array([500.0, 800.0]), n_unrolled=30, temperature=0.8)
+    model = _quantifier(np.array([500.0, 800.0]), n_updates=30, temperature=0.8)
 
     @eqx.filter_jit
     def first_count(model, classes):
@@ -209,7 +209,7 @@ def test_gradients_through_the_unrolled_path_are_finite_and_right():
 
 def test_samples_batch_with_vmap(kallisto_test_data):
     abundance, classes = kallisto_test_data
-    model = _quantifier(abundance.effective_lengths, n_unrolled=20)
+    model = _quantifier(abundance.effective_lengths, n_updates=20)
     batch = jnp.stack([classes.counts, 2 * classes.counts])
 
     def quantify(counts):
@@ -283,3 +283,59 @@ def test_kallisto_readers_refuse_other_files(tmp_path):
     table.write_text("name\tcount\nA\t3\n")
     with pytest.raises(ValueError, match="expected kallisto's"):
         read_abundance(table)
+
+
+def _slow_problem():
+    """Transcripts 0 and 1 share most of their reads and differ little in length: the EM
+    creeps (its rate is near 1) and a few updates are far from the fixed point."""
+    classes = EquivalenceClasses.from_lists(
+        [[0], [1], [0, 1], [1, 2], [2]], [6.0, 4.0, 300.0, 40.0, 9.0], 3
+    )
+    return classes, np.array([900.0, 1000.0, 700.0])
+
+
+def test_relative_change_shows_whether_the_em_converged():
+    classes, lengths = _slow_problem()
+    early = _quantifier(lengths, n_updates=5)(classes)
+    late = _quantifier(lengths, n_updates=3000)(classes)
+    assert float(early.relative_change) > 1e-3
+    assert float(late.relative_change) < 1e-6
+    converged = _quantifier(lengths).quantify(classes)
+    assert float(converged.relative_change) < 0.01  # kallisto's rule stops under its tolerance
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_gradients_at_the_fixed_point_match_finite_differences(temperature):
+    # float64, so that the EM converges to 1e-12 and central differences with step 1e-3 are
+    # accurate to about 1e-7; the implicit-function gradients must agree to 1e-5 relative.
+    with jax.enable_x64(True):
+        classes, lengths = _slow_problem()
+        classes = eqx.tree_at(lambda c: c.counts, classes, classes.counts.astype(jnp.float64))
+        model = _quantifier(lengths, n_updates=20_000, temperature=temperature)
+        model = eqx.tree_at(lambda m: m.effective_lengths, model, jnp.asarray(lengths))
+        weights = jnp.array([1.0, -2.0, 0.5])
+
+        @eqx.filter_jit
+        def loss(model, classes):
+            result = model(classes)
+            return (result.est_counts * weights).sum() + 1e-3 * result.tpm[2], result
+
+        (_, result), (d_model, d_classes) = jax.value_and_grad(
+            loss, argnums=(0, 1), has_aux=True, allow_int=True
+        )(model, classes)
+        assert float(result.relative_change) < 1e-12
+        step = 1e-3
+        for i in range(3):
+            plus = eqx.tree_at(
+                lambda m: m.effective_lengths, model, model.effective_lengths.at[i].add(step)
+            )
+            minus = eqx.tree_at(
+                lambda m: m.effective_lengths, model, model.effective_lengths.at[i].add(-step)
+            )
+            numeric = (loss(plus, classes)[0] - loss(minus, classes)[0]) / (2 * step)
+            np.testing.assert_allclose(d_model.effective_lengths[i], numeric, rtol=1e-5)
+        for c in range(classes.n_classes):
+            plus = eqx.tree_at(lambda e: e.counts, classes, classes.counts.at[c].add(step))
+            minus = eqx.tree_at(lambda e: e.counts, classes, classes.counts.at[c].add(-step))
+            numeric = (loss(model, plus)[0] - loss(model, minus)[0]) / (2 * step)
+            np.testing.assert_allclose(d_classes.counts[c], numeric, rtol=1e-5, atol=1e-9)
