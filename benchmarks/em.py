@@ -7,7 +7,9 @@
    process CPU time); compilation is reported separately.
 2. kallisto 0.48.0's test data is quantified by ``kallisto quant`` (pseudoalignment + EM)
    and by our EM on ``kallisto pseudo``'s classes, with the largest relative difference in
-   est_counts over transcripts with at least 10 reads.
+   est_counts over transcripts with at least 10 reads: once with kallisto's effective
+   lengths, once with ours (`zoo.em.effective_lengths`, from the FASTA's lengths and the
+   fragment lengths of ``kallisto quant --pseudobam``), with the largest gap in eff_length.
 3. If ``../shared/data/salmon_sample`` is present, the fraction of misassigned reads against
    the simulated truth, ours next to kallisto's.
 
@@ -26,10 +28,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pretraining.kallisto import pseudoalign_and_quantify
+from pretraining.kallisto import pseudoalign_and_quantify, run_kallisto
 from pretraining.sources import dataset
 from zoo import DifferentiableEMQuantifier, DifferentiableEMQuantifierConfig, EquivalenceClasses
-from zoo.em.kallisto_io import read_abundance, read_pseudoalignments
+from zoo.em.effective_lengths import FragmentLengths, effective_lengths
+from zoo.em.kallisto_io import read_abundance, read_fragment_lengths, read_pseudoalignments
+from zoo.sequence.fasta import read_fasta
 
 N_CLASSES = 100_000
 N_TRANSCRIPTS = 20_000
@@ -183,18 +187,41 @@ def _ours_on_kallisto_run(run):
     return abundance, np.asarray(result.est_counts, dtype=np.float64), seconds
 
 
+def _our_effective_lengths(transcripts: Path, reads: list[Path], index: Path, out: Path, names):
+    """Effective lengths from the FASTA's lengths and the fragment lengths in kallisto's
+    pseudobam (see `zoo.em.effective_lengths`)."""
+    run_kallisto("quant", "-i", index, "-o", out, "--pseudobam", *reads)
+    fragments = FragmentLengths.from_observed(read_fragment_lengths(out / "pseudoalignments.bam"))
+    lengths = {name: len(sequence) for name, sequence in read_fasta(transcripts)}
+    return np.asarray(effective_lengths([lengths[name] for name in names], fragments))
+
+
 def kallisto_comparison(scratch: Path) -> dict:
-    run = pseudoalign_and_quantify(
-        dataset("kallisto-transcripts"),
-        dataset("kallisto-reads-1"),
-        dataset("kallisto-reads-2"),
-        scratch / "kallisto_test",
-    )
+    transcripts = dataset("kallisto-transcripts")
+    reads = [dataset("kallisto-reads-1"), dataset("kallisto-reads-2")]
+    run = pseudoalign_and_quantify(transcripts, *reads, scratch / "kallisto_test")
     abundance, ours, seconds = _ours_on_kallisto_run(run)
+    lengths = _our_effective_lengths(
+        transcripts,
+        reads,
+        scratch / "kallisto_test" / "transcripts.idx",
+        scratch / "kallisto_test" / "bam",
+        abundance.names,
+    )
+    classes = read_pseudoalignments(run.pseudo_dir).classes
+    config = DifferentiableEMQuantifierConfig(n_transcripts=lengths.size)
+    model = DifferentiableEMQuantifier(config).with_effective_lengths(lengths)
+    own = np.asarray(model.quantify(classes).est_counts, dtype=np.float64)
     return {
         "kallisto_quant_s": run.quant_seconds,
         "ours_on_kallisto_test_s": seconds,
         "max_rel_diff_vs_kallisto": _max_rel_diff(ours, abundance.est_counts, abundance.est_counts),
+        "eff_length_max_abs_diff_vs_kallisto": float(
+            np.max(np.abs(lengths - abundance.effective_lengths))
+        ),
+        "max_rel_diff_vs_kallisto_own_eff_lengths": _max_rel_diff(
+            own, abundance.est_counts, abundance.est_counts
+        ),
     }
 
 

@@ -18,10 +18,12 @@ Two paths:
 * ``model(classes)``: a fixed number (``n_updates``) of updates, differentiable in the class
   counts and the effective lengths by the implicit function theorem at the fixed point: the
   result ``n*`` solves ``n* = F(n*; N, l)`` for the update ``F``, so ``dn* = (I - dF/dn)^-1
-  (dF/dN dN + dF/dl dl)``, solved by GMRES (Saad & Schultz, SIAM J. Sci. Stat. Comput. 1986)
-  with Jacobian-vector products of one update. The updates themselves are not
-  differentiated, so memory does not grow with ``n_updates``, and the gradient is that of
-  the fixed point, not of the truncated iteration. It is exact only where the EM has
+  (dF/dN dN + dF/dl dl)``; the backward pass solves the transposed system by GMRES (Saad &
+  Schultz, SIAM J. Sci. Stat. Comput. 1986) on vector-Jacobian products of one update. The
+  updates themselves are not differentiated, so memory does not grow with ``n_updates``, and
+  the gradient is that of the fixed point, not of the truncated iteration. This is a
+  reverse-mode rule (`jax.custom_vjp`), not `zoo.common.implicit`'s forward rule: JAX cannot
+  transpose an iterative solve whose operator depends on the primal values. It is exact only where the EM has
   converged: the result reports ``relative_change``, the largest relative change of a
   transcript with more than 0.01 reads in the last update (kallisto's convergence measure);
   if it is not small, raise ``n_updates``. Transcripts that no read tells apart (same
