@@ -7,10 +7,12 @@ import json
 from pathlib import Path
 
 import jax
+import numpy as np
 from jax.sharding import Mesh
 
 from checkpoints.card import CardDetails, DataSource, EvaluationResult, TrainingRecord
 from finetuning.metrics import plot_confusion_matrix
+from finetuning.regression_metrics import plot_scatter
 from finetuning.tasks import Task
 from finetuning.train import FineTuneConfig, FineTuneResult, fine_tune
 from pretraining.state import TrainingCheckpoints
@@ -19,19 +21,28 @@ from zoo.task.model import BACKBONES, TaskModel, TaskModelConfig
 
 
 def task_model(task: Task, backbone, *, head_dropout: float = 0.1, seed: int = 0) -> TaskModel:
-    """A classifier for `task` on top of `backbone` (its weights are kept)."""
+    """A classifier (or, for a regression task, a one-output regressor whose target is
+    standardised by the training targets' mean and standard deviation) for `task` on top of
+    `backbone` (its weights are kept)."""
     architecture = architecture_of(backbone)
     if architecture not in BACKBONES:
         raise ValueError(f"{architecture} cannot be a task backbone; use one of {tuple(BACKBONES)}")
     modality = "cells" if architecture == "DifferentiableFoundationModel" else "dna"
     if modality != task.modality:
         raise ValueError(f"task {task.name} needs a {task.modality} model, got a {architecture}")
+    scaling = {}
+    if task.target == "regression":
+        targets = np.asarray(task.train.labels, np.float64)
+        scale = float(targets.std())
+        scaling = {"target_mean": float(targets.mean()), "target_scale": scale if scale else 1.0}
     config = TaskModelConfig(
         backbone_architecture=architecture,
         backbone=backbone.config,
-        n_outputs=len(task.classes),
+        task=task.target,
+        n_outputs=task.n_outputs,
         labels=task.classes,
         head_dropout=head_dropout,
+        **scaling,
     )
     return TaskModel(config, key=jax.random.key(seed)).with_backbone(backbone)
 
@@ -39,22 +50,25 @@ def task_model(task: Task, backbone, *, head_dropout: float = 0.1, seed: int = 0
 def save_result(
     result: FineTuneResult, task: Task, config: FineTuneConfig, out: Path, *, base_model: str | None
 ) -> Path:
-    """Save the fine-tuned model with a card (base model, metrics) and its confusion matrix."""
+    """Save the fine-tuned model with a card (base model, metrics) and its test confusion
+    matrix (``confusion_matrix.png``) or, for regression, its test scatter plot
+    (``scatter.png``)."""
     from checkpoints import save_pretrained
 
     evaluation = tuple(
         EvaluationResult(
-            task="text-classification",
+            task="text-classification" if task.target == "classification" else "tabular-regression",
             dataset=f"{task.name} (test)",
             metric=name,
             value=round(value, 4),
         )
         for name, value in result.test.items()
+        if np.isfinite(value)  # an undefined correlation or AUROC is left off the card
     )
     backbone = architecture_of(result.model.backbone)
-    classes = ", ".join(task.classes)
+    what = ", ".join(task.classes) if task.target == "classification" else "regression"
     details = CardDetails(
-        summary=f"`{backbone}` fine-tuned on {task.name} ({classes}), {config.strategy} strategy.",
+        summary=f"`{backbone}` fine-tuned on {task.name} ({what}), {config.strategy} strategy.",
         base_model=base_model,
         training_data=(DataSource(name=task.name, url=task.provenance),),
         training=TrainingRecord(
@@ -68,9 +82,13 @@ def save_result(
         limitations="Fine-tuned on one small public data set; check it on yours before use.",
     )
     folder = save_pretrained(result.model, out, card=details)
-    plot_confusion_matrix(
-        result.confusion, list(task.classes), folder / "confusion_matrix.png", f"{task.name} (test)"
-    )
+    title = f"{task.name} (test)"
+    if result.confusion is not None:
+        plot_confusion_matrix(
+            result.confusion, list(task.classes), folder / "confusion_matrix.png", title
+        )
+    else:
+        plot_scatter(task.test.labels, result.test_outputs, folder / "scatter.png", title)
     history = {"fine_tune_config": config.to_dict(), "history": result.history, "test": result.test}
     (folder / "fine_tune_history.json").write_text(json.dumps(history, indent=2) + "\n")
     return folder

@@ -2,7 +2,9 @@
 
 `FineTuneSteps` splits a prepared `zoo.TaskModel` three ways: the leaves the strategy trains
 (``params``: differentiated, with optimiser state), the frozen arrays (``frozen``: read by
-every step, never differentiated nor donated) and the rest (static, closed over). The
+every step, never differentiated nor donated) and the rest (static, closed over). The loss is
+the class-weighted cross-entropy for a classification head, and the squared error of the
+standardised target (``((prediction - y) / target_scale)^2``, averaged) for regression. The
 parameters, frozen arrays and optimiser state are placed on the mesh by the pretraining
 sharding rules (`pretraining.sharding`: replicated over ``data``, split over ``fsdp`` and
 ``model``); each batch is split over the data axes. The train step is a `jax.jit` with
@@ -46,7 +48,8 @@ class FineTuneSteps:
         spec: its filter spec (True = trained).
         optimizer: the optax transformation of the trained leaves.
         mesh: the device mesh.
-        class_weights: ``(n_classes,)`` weights of the cross-entropy.
+        class_weights: ``(n_classes,)`` weights of the cross-entropy (ignored for
+            regression).
         batch_size: global examples per step; the data axes must divide it.
         seed: the fine-tune's seed (dropout keys).
     """
@@ -71,6 +74,8 @@ class FineTuneSteps:
         self.seed = seed
         self.optimizer = optimizer
         self.weights = jnp.asarray(class_weights, jnp.float32)
+        self.regression = model.config.task == "regression"
+        self.target_scale = model.config.target_scale
         self.param_shardings = tree_shardings(params, mesh)
         self.frozen_shardings = tree_shardings(frozen, mesh)
         self.opt_shardings = tree_shardings(jax.eval_shape(optimizer.init, params), mesh)
@@ -92,7 +97,7 @@ class FineTuneSteps:
             donate_argnums=(0, 1),
         )
         self._predict = jax.jit(
-            self._probabilities,
+            self._outputs,
             in_shardings=(self.param_shardings, self.frozen_shardings, self.batch_sharding),
             out_shardings=self.batch_sharding,
         )
@@ -137,9 +142,9 @@ class FineTuneSteps:
         )
 
     def predict(self, params: Any, frozen: Any, inputs: tuple[np.ndarray, ...]) -> np.ndarray:
-        """Class probabilities of every example of `inputs` (inference mode), in chunks of a
-        fixed size (a multiple of the data axes; the last one padded) so one compilation
-        serves them all."""
+        """Class probabilities (classification) or predicted targets (regression), one row
+        per example of `inputs` (inference mode), in chunks of a fixed size (a multiple of
+        the data axes; the last one padded) so one compilation serves them all."""
         n = len(inputs[0])
         size = -(-min(n, 256) // batch_shards(self.mesh)) * batch_shards(self.mesh)
         chunks = []
@@ -149,17 +154,20 @@ class FineTuneSteps:
             chunks.append(np.asarray(jax.device_get(chunk))[: n - start])
         return np.concatenate(chunks).astype(np.float64)
 
-    def _probabilities(self, params, frozen, inputs):
+    def _outputs(self, params, frozen, inputs):
         net = eqx.nn.inference_mode(self.model(params, frozen))
-        return jax.nn.softmax(jax.vmap(net)(*inputs), axis=-1)
+        outputs = jax.vmap(net)(*inputs)
+        return outputs if self.regression else jax.nn.softmax(outputs, axis=-1)
 
     def _loss(self, params, frozen, batch, step):
         *inputs, labels = batch
         net = self.model(params, frozen)
         step_key = jax.random.fold_in(jax.random.key(self.seed), step)
         keys = jax.random.split(step_key, labels.shape[0])
-        logits = jax.vmap(lambda k, *x: net(*x, key=k))(keys, *inputs)
-        losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        outputs = jax.vmap(lambda k, *x: net(*x, key=k))(keys, *inputs)
+        if self.regression:
+            return jnp.mean(((outputs[:, 0] - labels) / self.target_scale) ** 2)
+        losses = optax.softmax_cross_entropy_with_integer_labels(outputs, labels)
         weights = self.weights[labels]
         return (losses * weights).sum() / weights.sum()
 

@@ -26,7 +26,8 @@ SPLIT_SEED = 0
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-    """Inputs (DNA strings or a cells x genes count matrix) and integer labels."""
+    """Inputs (DNA strings or a cells x genes count matrix) and their labels: integer class
+    indices (classification) or real targets (regression)."""
 
     inputs: list[str] | np.ndarray
     labels: np.ndarray
@@ -46,9 +47,10 @@ class Task:
     Attributes:
         name: the task's name.
         modality: ``"dna"`` or ``"cells"``.
-        classes: the class names, in label order.
+        classes: the class names, in label order (empty for regression).
         train, validation, test: the splits.
         provenance: where the data came from.
+        target: ``"classification"`` or ``"regression"`` (one real target per example).
     """
 
     name: str
@@ -58,6 +60,12 @@ class Task:
     validation: Split
     test: Split
     provenance: str
+    target: str = "classification"
+
+    @property
+    def n_outputs(self) -> int:
+        """Outputs of the model's head: one per class, or one regression target."""
+        return len(self.classes) if self.target == "classification" else 1
 
 
 def _shuffled(inputs, labels, rng) -> Split:

@@ -3,7 +3,8 @@
 AdamW with a linear warm-up and cosine decay, gradient clipping, optional layer-wise
 learning-rate decay (layer ``l`` of ``L`` gets ``decay^(L - l)`` times the rate, the
 embeddings ``decay^(L + 1)``, the head 1; Clark et al., 2020), class-weighted cross-entropy
-for imbalanced labels, and early stopping: the model is evaluated on the validation split
+for imbalanced labels (or, for a regression task, the squared error of the standardised
+target; see `finetuning.steps`), and early stopping: the model is evaluated on the validation split
 every ``eval_every`` steps, the best one (lowest validation loss) is kept, and training
 stops after ``patience`` evaluations without improvement. Only the leaves the strategy's
 filter spec marks as trainable are differentiated and carry optimiser state.
@@ -32,6 +33,7 @@ from tqdm import tqdm
 from checkpoints.tree_keys import key_of
 from finetuning.early_stopping import EarlyStopping
 from finetuning.metrics import classification_report, confusion_matrix
+from finetuning.regression_metrics import regression_report
 from finetuning.steps import FineTuneSteps, batch_rows
 from finetuning.strategies import finish, prepare
 from finetuning.tasks import Split, Task
@@ -103,8 +105,11 @@ class FineTuneResult:
         model: the best model (by validation loss), with LoRA merged and the stack whole.
         steps: optimiser steps taken.
         history: one dict per evaluation (step, train loss, validation loss and metrics).
-        test: accuracy, MCC, macro-F1 and AUROC on the test split.
-        confusion: the test confusion matrix.
+        test: accuracy, MCC, macro-F1 and AUROC (classification) or MSE, Pearson and
+            Spearman (regression) on the test split.
+        confusion: the test confusion matrix (None for regression).
+        test_outputs: the test split's class probabilities ``(n, n_classes)`` or predicted
+            targets ``(n, 1)``.
         resumed_from: the step of the training checkpoint it continued from (None: it
             started afresh).
     """
@@ -113,19 +118,38 @@ class FineTuneResult:
     steps: int
     history: list[dict[str, float | int]]
     test: dict[str, float]
-    confusion: np.ndarray
+    confusion: np.ndarray | None
+    test_outputs: np.ndarray
     resumed_from: int | None = None
+
+
+def backbone_inputs(backbone: eqx.Module, inputs: list[str] | np.ndarray) -> tuple[np.ndarray, ...]:
+    """The arrays `backbone` reads for `inputs`: ``(counts,)`` for a count matrix,
+    ``(one_hot, mask)`` or ``(ids, mask)`` for DNA strings (padded to the longest)."""
+    if isinstance(inputs, np.ndarray):
+        return (inputs.astype(np.float32),)
+    if isinstance(backbone, SequenceEmbedding):
+        x, mask = backbone.one_hot(inputs)
+        return np.asarray(x), np.asarray(mask)
+    return backbone.tokenizer(inputs)
 
 
 def model_inputs(model: TaskModel, split: Split) -> tuple[np.ndarray, ...]:
     """The arrays the backbone reads for every example of `split`."""
-    backbone = model.backbone
-    if isinstance(split.inputs, np.ndarray):
-        return (split.inputs.astype(np.float32),)
-    if isinstance(backbone, SequenceEmbedding):
-        x, mask = backbone.one_hot(split.inputs)
-        return np.asarray(x), np.asarray(mask)
-    return backbone.tokenizer(split.inputs)
+    return backbone_inputs(model.backbone, split.inputs)
+
+
+def task_labels(task: Task, split: Split) -> np.ndarray:
+    """The labels of `split` as the train step reads them: int32 classes or float32
+    targets."""
+    return split.labels.astype(np.int32 if task.target == "classification" else np.float32)
+
+
+def test_report(task: Task, labels: np.ndarray, outputs: np.ndarray) -> dict[str, float]:
+    """Classification metrics of probabilities, or regression metrics of predictions."""
+    if task.target == "classification":
+        return classification_report(labels, outputs)
+    return regression_report(labels, outputs[:, 0])
 
 
 def layer_multipliers(params: Any, model: TaskModel, decay: float) -> Any:
@@ -196,16 +220,23 @@ def model_fingerprint(model: eqx.Module) -> str:
 
 
 def evaluation_record(
-    step: int, running: list[float], labels: np.ndarray, probabilities: np.ndarray
+    step: int, running: list[float], task: Task, outputs: np.ndarray
 ) -> dict[str, float | int]:
-    """Step, mean training loss since the last evaluation, validation loss and metrics."""
-    picked = probabilities[np.arange(len(probabilities)), labels]
+    """Step, mean training loss since the last evaluation, validation loss (the mean
+    cross-entropy of the probabilities, or the mean squared error of the predictions, in the
+    target's units) and metrics (`test_report`)."""
+    labels = task.validation.labels
+    if task.target == "classification":
+        picked = outputs[np.arange(len(outputs)), labels]
+        loss = float(-np.log(np.maximum(picked, 1e-12)).mean())
+    else:
+        loss = float(np.mean((outputs[:, 0] - labels) ** 2))
     record: dict[str, float | int] = {
         "step": step,
         "train_loss": float(np.mean(running)),
-        "validation_loss": float(-np.log(np.maximum(picked, 1e-12)).mean()),
+        "validation_loss": loss,
     }
-    report = classification_report(labels, probabilities)
+    report = test_report(task, labels, outputs)
     return record | {f"validation_{k}": v for k, v in report.items()}
 
 
@@ -222,7 +253,8 @@ def fine_tune(
     """Fine-tune `model` on `task` (see the module docstring).
 
     Args:
-        model: a classifier with one output per class of `task`.
+        model: a classifier with one output per class of `task`, or a one-output
+            regression model for a regression task.
         task: the task and its fixed splits.
         config: how to fine-tune.
         mesh: the devices (`pretraining.mesh.make_mesh`); parameters and optimiser state are
@@ -242,10 +274,13 @@ def fine_tune(
             the state comes from another task, config or starting model.
         pretraining.state.StateError: the state holds other parameters.
     """
-    if model.config.task != "classification" or model.config.n_outputs != len(task.classes):
-        raise ValueError(
-            f"the model needs a {len(task.classes)}-class classification head for {task.name}"
+    if model.config.task != task.target or model.config.n_outputs != task.n_outputs:
+        head = (
+            f"a {task.n_outputs}-class classification head"
+            if task.target == "classification"
+            else "a one-output regression head"
         )
+        raise ValueError(f"the model needs {head} for {task.name}")
     mesh = make_mesh("data=1", jax.devices()[:1]) if mesh is None else mesh
     identity = {
         "config": config.to_dict(),
@@ -265,11 +300,15 @@ def fine_tune(
         spec,
         fine_tune_optimizer(config, model, spec),
         mesh,
-        class_weights=class_weights(task.train.labels, len(task.classes), config.class_weighting),
+        class_weights=class_weights(
+            task.train.labels.astype(int) if task.target == "classification" else np.zeros(0, int),
+            max(len(task.classes), 1),
+            config.class_weighting and task.target == "classification",
+        ),
         batch_size=config.batch_size,
         seed=config.seed,
     )
-    train_arrays = (*model_inputs(model, task.train), task.train.labels.astype(np.int32))
+    train_arrays = (*model_inputs(model, task.train), task_labels(task, task.train))
     validation_inputs = model_inputs(model, task.validation)
     params, frozen = steps.place(model)
     stopping = EarlyStopping(config.patience)
@@ -298,17 +337,13 @@ def fine_tune(
         stopping.running.append(float(host_values(loss)))
         bar.update(1)
         if step % config.eval_every == 0 or step == config.max_steps:
-            probabilities = steps.predict(params, frozen, validation_inputs)
-            record = evaluation_record(
-                step, stopping.running, task.validation.labels, probabilities
-            )
+            outputs = steps.predict(params, frozen, validation_inputs)
+            record = evaluation_record(step, stopping.running, task, outputs)
             if stopping.evaluated(record):
                 best = steps.copy(params)
             finished = step == config.max_steps or stopping.should_stop
             bar.set_postfix(
-                loss=f"{record['train_loss']:.3f}",
-                val=f"{record['validation_loss']:.3f}",
-                acc=f"{record['validation_accuracy']:.3f}",
+                loss=f"{record['train_loss']:.3f}", val=f"{record['validation_loss']:.3f}"
             )
         if checkpoints is not None:
             state = {"params": params, "opt_state": opt_state, "best_params": best}
@@ -320,15 +355,17 @@ def fine_tune(
 
     best, frozen = jax.tree.map(jnp.asarray, host_values((best, frozen)))
     final = eqx.nn.inference_mode(finish(steps.model(best, frozen)), value=False)
-    probabilities = predict_probabilities(
-        eqx.nn.inference_mode(final), model_inputs(final, task.test)
-    )
+    outputs = predict_outputs(eqx.nn.inference_mode(final), model_inputs(final, task.test))
+    confusion = None
+    if task.target == "classification":
+        confusion = confusion_matrix(task.test.labels, outputs.argmax(1), len(task.classes))
     return FineTuneResult(
         model=final,
         steps=step,
         history=stopping.history,
-        test=classification_report(task.test.labels, probabilities),
-        confusion=confusion_matrix(task.test.labels, probabilities.argmax(1), len(task.classes)),
+        test=test_report(task, task.test.labels, outputs),
+        confusion=confusion,
+        test_outputs=outputs,
         resumed_from=latest,
     )
 
@@ -359,18 +396,23 @@ def restore(
     return state, metadata
 
 
-def predict_probabilities(
+def predict_outputs(
     model: TaskModel, inputs: tuple[np.ndarray, ...], batch_size: int = 256
 ) -> np.ndarray:
-    """Class probabilities of every example (the model in inference mode)."""
+    """Class probabilities ``(n, n_classes)`` (classification) or predicted targets
+    ``(n, n_outputs)`` (regression) of every example; `model` should be in inference
+    mode."""
     n = len(inputs[0])
     chunks = [
-        _probabilities(model, *(jnp.asarray(x[i : i + batch_size]) for x in inputs))
+        _outputs(model, *(jnp.asarray(x[i : i + batch_size]) for x in inputs))
         for i in range(0, n, batch_size)
     ]
     return np.concatenate([np.asarray(c) for c in chunks]).astype(np.float64)
 
 
 @eqx.filter_jit
-def _probabilities(model: TaskModel, *inputs: jax.Array) -> jax.Array:
-    return jax.nn.softmax(jax.vmap(model)(*inputs), axis=-1)
+def _outputs(model: TaskModel, *inputs: jax.Array) -> jax.Array:
+    outputs = jax.vmap(model)(*inputs)
+    if model.config.task == "regression":
+        return outputs
+    return jax.nn.softmax(outputs, axis=-1)

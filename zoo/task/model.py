@@ -2,7 +2,8 @@
 
 The backbone is any of the sequence or cell representation models; its pooled embedding
 (``pooled`` for sequences, ``cell_embedding`` for cells) goes through dropout and a linear
-layer to ``n_outputs`` logits (classification) or values (regression). The whole thing is
+layer to ``n_outputs`` logits (classification) or values (regression, rescaled to the
+target's units by ``target_mean`` and ``target_scale``). The whole thing is
 one registered architecture, so a fine-tuned model saves and loads like any other.
 """
 
@@ -55,6 +56,11 @@ class TaskModelConfig(Config):
         n_outputs: classes or regression targets.
         labels: class names, in output order (classification only; may be empty).
         head_dropout: dropout on the pooled embedding while training.
+        target_mean, target_scale: regression only: the head predicts the standardised
+            target ``(y - target_mean) / target_scale`` and the model returns
+            ``target_mean + target_scale * head``, so the head starts near the scale of
+            the data whatever its units (use the training targets' mean and standard
+            deviation).
     """
 
     backbone_architecture: str = "TransformerSequenceEncoder"
@@ -63,6 +69,8 @@ class TaskModelConfig(Config):
     n_outputs: int = 2
     labels: tuple[str, ...] = ()
     head_dropout: float = 0.1
+    target_mean: float = 0.0
+    target_scale: float = 1.0
 
     def __post_init__(self) -> None:
         require_choice("backbone_architecture", self.backbone_architecture, tuple(BACKBONES))
@@ -87,6 +95,11 @@ class TaskModelConfig(Config):
         )
         require(self.task == "classification" or not self.labels, "labels are for classification")
         require_probability(head_dropout=self.head_dropout)
+        require_positive(target_scale=self.target_scale)
+        require(
+            self.task == "regression" or (self.target_mean, self.target_scale) == (0.0, 1.0),
+            "target_mean and target_scale are for regression",
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TaskModelConfig:
@@ -126,13 +139,8 @@ class TaskModel(eqx.Module):
         return eqx.tree_at(lambda m: m.backbone, self, backbone)
 
     def embed(self, *inputs: Array, key: PRNGKeyArray | None = None) -> Float[Array, " dim"]:
-        """The backbone's pooled embedding of one example (no expression masking for cells)."""
-        backbone = self.backbone
-        if isinstance(backbone, DifferentiableFoundationModel):
-            (counts,) = inputs
-            no_mask = jnp.zeros(backbone.config.tokenizer.max_tokens, bool)
-            return backbone(counts, key=key, expression_mask=no_mask).cell_embedding
-        return backbone(*inputs, key=key).pooled
+        """The backbone's pooled embedding of one example (`backbone_embedding`)."""
+        return backbone_embedding(self.backbone, *inputs, key=key)
 
     def __call__(
         self, *inputs: Array, key: PRNGKeyArray | None = None
@@ -146,7 +154,29 @@ class TaskModel(eqx.Module):
         """
         backbone_key, head_key = (None, None) if key is None else jax.random.split(key)
         pooled = self.embed(*inputs, key=backbone_key)
-        return self.head(self.dropout(pooled, key=head_key))
+        outputs = self.head(self.dropout(pooled, key=head_key))
+        if self.config.task == "regression":
+            return self.config.target_mean + self.config.target_scale * outputs
+        return outputs
+
+
+def backbone_embedding(
+    backbone: eqx.Module, *inputs: Array, key: PRNGKeyArray | None = None
+) -> Float[Array, " dim"]:
+    """The pooled embedding of one example: ``pooled`` for sequence models, the
+    ``cell_embedding`` of the foundation model with no expression masked.
+
+    Args:
+        backbone: one of the `BACKBONES` architectures.
+        inputs: what it reads: ``(ids, mask)`` or ``(one_hot, mask)`` for sequences,
+            ``(counts,)`` for cells.
+        key: drives dropout; needed only while training with dropout.
+    """
+    if isinstance(backbone, DifferentiableFoundationModel):
+        (counts,) = inputs
+        no_mask = jnp.zeros(backbone.config.tokenizer.max_tokens, bool)
+        return backbone(counts, key=key, expression_mask=no_mask).cell_embedding
+    return backbone(*inputs, key=key).pooled
 
 
 def embedding_width(config: Config) -> int:
