@@ -1,4 +1,5 @@
-"""`VAENormalizer` on cells given as an AnnData or as arrays: checked input, fitting, outputs.
+"""`VAENormalizer` on cells given as an AnnData or as arrays: fitting and outputs, on input
+checked by `zoo.vae.inputs`.
 
 The counts are ``adata.X`` or ``adata.layers[layer]`` (or a dense / scipy sparse array), raw
 and integer. Batches are named by ``batch_key``: an ``adata.obs`` column, or the labels
@@ -17,99 +18,11 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import PRNGKeyArray
 
-from zoo.common.features import is_anndata
+from zoo.vae.inputs import read_batches, read_counts
 from zoo.vae.model import VAENormalizer, VAENormalizerConfig
 from zoo.vae.training import DEFAULT_TRAINING, VAETrainingConfig, train_vae
 
 CHUNK = 512  # cells per compiled call when computing outputs
-
-
-def read_counts(data, layer: str | None = None):
-    """The raw count matrix of `data` as float32 (scipy sparse stays sparse), checked.
-
-    Raises:
-        ValueError: for a missing layer, NaN/inf, negative or non-integer counts, or a cell
-            with no counts.
-    """
-    if is_anndata(data):
-        if layer is not None and layer not in data.layers:
-            raise ValueError(f"layer {layer!r} not in adata.layers {sorted(data.layers)}")
-        counts = data.X if layer is None else data.layers[layer]
-    else:
-        if layer is not None:
-            raise ValueError("layer is only meaningful for an AnnData")
-        counts = data
-    if hasattr(counts, "tocsr"):
-        counts = counts.tocsr().astype(np.float32)
-    else:
-        counts = np.asarray(counts, np.float32)
-    if counts.ndim != 2:
-        raise ValueError(f"counts must be a (cells, genes) matrix, got shape {counts.shape}")
-    values = counts.data if hasattr(counts, "tocsr") else counts
-    if not np.all(np.isfinite(values)):
-        raise ValueError("counts contain NaN or infinite values")
-    if np.any(values < 0):
-        raise ValueError("counts contain negative values; the VAE models raw counts")
-    if np.any(values != np.round(values)):
-        raise ValueError(
-            "counts contain non-integer values; the VAE models raw counts, not normalized data"
-        )
-    empty = np.flatnonzero(np.asarray(counts.sum(axis=1)).ravel() == 0)
-    if empty.size:
-        raise ValueError(f"{empty.size} cell(s) have no counts (first: row {empty[0]}); drop them")
-    return counts
-
-
-def read_batches(
-    data, batch_key: str | Sequence | np.ndarray | None, labels: tuple[str, ...] | None = None
-) -> tuple[tuple[str, ...], np.ndarray]:
-    """The batch labels and each cell's batch index.
-
-    Args:
-        data: an AnnData or a count matrix (for the number of cells).
-        batch_key: an ``adata.obs`` column name, the labels themselves (one per cell), or
-            None (one batch).
-        labels: the model's batch labels; None to take the sorted distinct labels of `data`.
-
-    Raises:
-        ValueError: for an unknown obs column, a wrong number of labels, labels the model
-            does not know, or a mismatch between the model's batches and `batch_key`.
-    """
-    n_cells = data.shape[0]
-    if batch_key is None:
-        if labels:
-            raise ValueError(f"the model has batches {labels}; pass batch_key")
-        return (), np.zeros(n_cells, np.int32)
-    if isinstance(batch_key, str):
-        if not is_anndata(data):
-            raise ValueError("a batch_key column name needs an AnnData; pass the labels instead")
-        if batch_key not in data.obs:
-            raise ValueError(
-                f"batch key {batch_key!r} not in adata.obs; columns are {list(data.obs.columns)}"
-            )
-        cell_labels = data.obs[batch_key]
-    else:
-        cell_labels = batch_key
-    cell_labels = np.asarray(cell_labels).astype(str)
-    if cell_labels.shape != (n_cells,):
-        raise ValueError(f"expected {n_cells} batch labels, got shape {cell_labels.shape}")
-    if labels is None:
-        labels = tuple(sorted(set(cell_labels.tolist())))
-    elif not labels:
-        raise ValueError("the model was trained without batches; pass batch_key=None")
-    index = {label: i for i, label in enumerate(labels)}
-    unknown = sorted(set(cell_labels.tolist()) - set(index))
-    if unknown:
-        raise ValueError(f"batch labels {unknown} are not among the model's {list(labels)}")
-    return labels, np.array([index[label] for label in cell_labels], np.int32)
-
-
-def library_moments(counts, batches: np.ndarray, n_batches: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and variance of ``log(total counts)`` over the cells of each batch."""
-    log_library = np.log(np.asarray(counts.sum(axis=1)).ravel())
-    means = np.array([log_library[batches == b].mean() for b in range(n_batches)])
-    variances = np.array([log_library[batches == b].var() for b in range(n_batches)])
-    return means.astype(np.float32), variances.astype(np.float32)
 
 
 def fit_vae(
@@ -132,23 +45,30 @@ def fit_vae(
         training: optimisation settings.
         progress: show a progress bar.
         **architecture: `VAENormalizerConfig` fields other than ``n_genes`` and
-            ``batch_labels`` (which come from the data), e.g. ``likelihood="nb"``.
+            ``batch_labels`` (which come from the data), e.g. ``likelihood="nb"``. With
+            ``library="latent"`` the library prior is the per-batch empirical one
+            (`zoo.vae.inputs.library_moments`).
 
     Returns:
         The trained model.
+
+    Raises:
+        ValueError: for bad counts or batches (`zoo.vae.inputs.read_counts`, `read_batches`).
     """
     counts = read_counts(data, layer)
     labels, batches = read_batches(data, batch_key)
     config = VAENormalizerConfig(n_genes=counts.shape[1], batch_labels=labels, **architecture)
     init_key, train_key = jax.random.split(key)
     model = VAENormalizer(config, key=init_key)
-    if config.library == "latent":
-        model = model.with_library_prior(*library_moments(counts, batches, config.n_batches))
     model, _ = train_vae(model, counts, batches, training, key=train_key, progress=progress)
     return model
 
 
 def _model_input(model: VAENormalizer, data, layer, batch_key):
+    if not model.library_prior_is_set:
+        raise ValueError(
+            "model: its latent library prior is unset; train it or call with_library_prior"
+        )
     counts = read_counts(data, layer)
     if counts.shape[1] != model.config.n_genes:
         raise ValueError(

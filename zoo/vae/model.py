@@ -11,7 +11,8 @@ Generative model of one cell with counts ``x`` (``n_genes``) from batch ``s``::
 with ``theta`` (the NB inverse dispersion) per gene, per gene and batch, or per gene and cell
 (a decoder output), and ``pi = sigmoid(h(z, s))`` the ZINB structural-zero probability. The
 prior ``N(m_s, v_s)`` of the latent log library holds the mean and variance of the observed
-log library sizes of batch ``s`` (`VAENormalizer.with_library_prior`).
+log library sizes of batch ``s``, as in scvi-tools: `zoo.train_vae` takes them from its
+training cells unless they were given with `VAENormalizer.with_library_prior`.
 
 Inference network: ``q(z | x, s) = N(mu(x), sigma^2(x))`` from ``log1p(x)`` (and the one-hot
 batch when ``encode_batch``); ``q(l | x)`` likewise for the latent library (with
@@ -40,6 +41,7 @@ from typing import NamedTuple
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Real
 
 from zoo.common.config import Config, require, require_choice, require_positive, require_probability
@@ -284,8 +286,9 @@ class VAENormalizer(eqx.Module):
 
     def __init__(self, config: VAENormalizerConfig, *, key: PRNGKeyArray):
         """Initialise the networks (uniform ``+-1/sqrt(fan_in)`` weights, as PyTorch) and the
-        log inverse dispersions (standard normal, as scvi-tools). The library prior starts
-        at ``N(0, 1)``; set it from data with `with_library_prior` before training."""
+        log inverse dispersions (standard normal, as scvi-tools). A latent library's prior
+        starts unset (NaN): `zoo.train_vae` sets it from the training cells, or set it with
+        `with_library_prior`."""
         encoder_key, library_key, decoder_key, dispersion_key = jax.random.split(key, 4)
         n_covariates = config.n_batches if config.n_batches > 1 else 0
         n_encoder_covariates = n_covariates if config.encode_batch else 0
@@ -305,15 +308,32 @@ class VAENormalizer(eqx.Module):
             if latent_library
             else None
         )
-        self.library_prior_mean = jnp.zeros(config.n_batches) if latent_library else None
-        self.library_prior_variance = jnp.ones(config.n_batches) if latent_library else None
+        unset = jnp.full(config.n_batches, jnp.nan)
+        self.library_prior_mean = unset if latent_library else None
+        self.library_prior_variance = unset if latent_library else None
         self.config = config
+
+    @property
+    def library_prior_is_set(self) -> bool:
+        """False only for a latent library whose prior is still unset (NaN); eager use."""
+        return self.library_prior_mean is None or not bool(
+            jnp.any(jnp.isnan(self.library_prior_mean))
+        )
+
+    def checked_batch(self, batch: BatchIndex) -> Int[Array, ""]:
+        """`batch` as an array that raises (`eqx.error_if`, also under jit) where it is used
+        if it lies outside ``[0, n_batches)``."""
+        n_batches = self.config.n_batches
+        batch = jnp.asarray(batch)
+        return eqx.error_if(
+            batch, (batch < 0) | (batch >= n_batches), f"batch must lie in [0, {n_batches})"
+        )
 
     def batch_covariates(self, batch: BatchIndex) -> Float[Array, " n_covariates"]:
         """The one-hot batch (empty when there is a single batch)."""
         if self.config.n_batches == 1:
             return jnp.zeros(0)
-        return jax.nn.one_hot(batch, self.config.n_batches)
+        return jax.nn.one_hot(self.checked_batch(batch), self.config.n_batches)
 
     def _encoder_covariates(self, batch: BatchIndex) -> Float[Array, " n_covariates"]:
         return self.batch_covariates(batch) if self.config.encode_batch else jnp.zeros(0)
@@ -349,7 +369,7 @@ class VAENormalizer(eqx.Module):
         elif self.decoder.log_dispersion_head is not None:
             inverse_dispersion = jnp.exp(self.decoder.log_dispersion_head(hidden))
         else:
-            row = batch if config.dispersion == "gene-batch" else 0
+            row = self.checked_batch(batch) if config.dispersion == "gene-batch" else 0
             inverse_dispersion = jnp.exp(self.log_inverse_dispersion[row])
         zero_logits = None if self.decoder.zero_head is None else self.decoder.zero_head(hidden)
         return ExpressionModel(proportions, mean, inverse_dispersion, zero_logits)
@@ -426,8 +446,9 @@ class VAENormalizer(eqx.Module):
                 log_counts, self._encoder_covariates(batch), key=library_dropout
             )
             log_library = (q_l.mean + jnp.sqrt(q_l.variance) * jax.random.normal(library_key))[0]
+            prior = self.checked_batch(batch)
             kl_library = _kl_normal(
-                q_l, self.library_prior_mean[batch], self.library_prior_variance[batch]
+                q_l, self.library_prior_mean[prior], self.library_prior_variance[prior]
             )
         expression = self.decode(z, batch, log_library)
         return ELBOTerms(
@@ -453,14 +474,36 @@ class VAENormalizer(eqx.Module):
 
     def with_library_prior(
         self,
-        log_library_mean: Float[Array, " n_batches"],
-        log_library_variance: Float[Array, " n_batches"],
+        log_library_mean: Float[ArrayLike, " n_batches"],
+        log_library_variance: Float[ArrayLike, " n_batches"],
     ) -> VAENormalizer:
-        """A copy whose latent-library prior is ``N(mean_s, variance_s)`` per batch (the
-        moments of ``log(total counts)`` of the training cells of each batch)."""
+        """A copy whose latent-library prior is ``N(mean_s, variance_s)`` per batch, e.g.
+        the moments of ``log(total counts)`` of the training cells of each batch
+        (`zoo.vae.inputs.library_moments`, which `zoo.train_vae` uses when the prior is
+        unset).
+
+        Raises:
+            ValueError: naming the argument that is not ``(n_batches,)``, not finite, or
+                (for the variance) not positive; or when the library is not latent.
+        """
         require(self.library_encoder is not None, "the library prior needs library='latent'")
+        shape = (self.config.n_batches,)
+        for name, value in (
+            ("log_library_mean", log_library_mean),
+            ("log_library_variance", log_library_variance),
+        ):
+            value = np.asarray(value)
+            if value.shape != shape:
+                raise ValueError(f"{name} must have shape {shape}, got {value.shape}")
+            if not np.all(np.isfinite(value)):
+                raise ValueError(f"{name} contains NaN or infinite values")
+        if np.any(np.asarray(log_library_variance) <= 0):
+            raise ValueError("log_library_variance must be positive")
         return eqx.tree_at(
             lambda m: (m.library_prior_mean, m.library_prior_variance),
             self,
-            (jnp.asarray(log_library_mean), jnp.asarray(log_library_variance)),
+            (
+                jnp.asarray(log_library_mean, jnp.float32),
+                jnp.asarray(log_library_variance, jnp.float32),
+            ),
         )

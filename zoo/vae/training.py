@@ -34,6 +34,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 from tqdm.auto import tqdm
 
 from zoo.common.config import Config, require, require_positive
+from zoo.vae.inputs import check_batch_indices, library_moments, read_counts
 from zoo.vae.model import VAENormalizer
 
 
@@ -196,11 +197,16 @@ def train_vae(
     key: PRNGKeyArray,
     progress: bool = True,
 ) -> tuple[VAENormalizer, np.ndarray]:
-    """Train `model` on checked raw counts (see `zoo.fit_vae` for AnnData and input checks).
+    """Train `model` on raw counts (`zoo.fit_vae` takes an AnnData and names the batches).
+
+    A latent library's prior, if unset (a fresh `VAENormalizer`), becomes the per-batch
+    empirical one of `counts` (`zoo.vae.inputs.library_moments`, as scvi-tools'
+    ``_init_library_size``); a prior set with `VAENormalizer.with_library_prior` is kept.
 
     Args:
-        model: the starting model (its library prior already set if the library is latent).
-        counts: ``(cells, n_genes)`` non-negative integer counts, dense or scipy sparse.
+        model: the starting model.
+        counts: ``(cells, n_genes)`` non-negative integer counts, dense or scipy sparse,
+            every cell with at least one count.
         batches: ``(cells,)`` batch index of each cell in ``model.config.batch_labels``.
         config: optimisation settings.
         key: drives the cell order, the latent samples and dropout.
@@ -208,13 +214,21 @@ def train_vae(
 
     Returns:
         The trained model and the mean training loss of each epoch.
+
+    Raises:
+        ValueError: naming `counts` or `batches` when they are not valid
+            (`zoo.vae.inputs.read_counts`, `check_batch_indices`) or disagree with `model`.
     """
-    counts = scipy.sparse.csr_matrix(counts, dtype=np.float32)
+    counts = scipy.sparse.csr_matrix(read_counts(counts), dtype=np.float32)
     counts.sum_duplicates()
-    n_cells = counts.shape[0]
+    n_cells, n_genes = counts.shape
+    if n_genes != model.config.n_genes:
+        raise ValueError(f"counts has {n_genes} genes, the model expects {model.config.n_genes}")
+    batches = check_batch_indices(batches, n_cells, model.config.n_batches)
+    if not model.library_prior_is_set:
+        model = model.with_library_prior(*library_moments(counts, batches, model.config.n_batches))
     batch_size = min(config.batch_size, n_cells)
     capacity = entry_capacity(counts, batch_size)
-    batches = np.asarray(batches, dtype=np.int32)
     optimizer = config.optimizer()
     trained, frozen = eqx.partition(model, trainable(model))
     opt_state = optimizer.init(trained)
