@@ -5,7 +5,7 @@ Hub, pushing to the Hub, and import of BERT checkpoints."""
 from checkpoints.bert_import import import_bert
 from checkpoints.card import CardDetails, DataSource, EvaluationResult, TrainingRecord
 from checkpoints.errors import CheckpointError
-from checkpoints.pretrained import from_pretrained, load_folder, save_pretrained
+from checkpoints.pretrained import from_pretrained, load_folder, read_genes, save_pretrained
 from checkpoints.references import Provenance, UnpinnedRevisionWarning
 from checkpoints.safetensors_format import CorruptWeightsError
 from checkpoints.upload import push_to_hub
@@ -23,5 +23,6 @@ __all__ = [
     "import_bert",
     "load_folder",
     "push_to_hub",
+    "read_genes",
     "save_pretrained",
 ]

@@ -23,7 +23,8 @@ class CatalogEntry:
         repo_id: the Hub repository, ``org/name``.
         commit: the 40-hex commit SHA of the published revision; None while the checkpoint
             ships only inside the package and is not yet mirrored to the Hub.
-        sha256: ``{file name: SHA-256}`` of ``config.json`` and every weight file.
+        sha256: ``{file name: SHA-256}`` of ``config.json``, every weight file and any gene
+            list (``genes.tsv``).
         folder: the checkpoint's folder relative to the directory holding the installed
             packages (e.g. ``"finetuning/published/dna-encoder"``), if it ships with them.
     """
@@ -62,6 +63,7 @@ CATALOG: dict[str, CatalogEntry] = {
         sha256={
             "config.json": "7ed9f9b3a62cf76bb59afb6b46a27565218b881121cf7721275e2fd5d058732b",
             "model.safetensors": "9c4ab5ab01cb2b5fbcdf7c12dc269bd37cfb1e0ee4ff4dc7b68874f68f46e517",
+            "genes.tsv": "af0187af0abca1b990884b59f63d9a70cb69e49eb5d185082f6703ee1b019f45",
         },
         folder="finetuning/published/fm-pbmc3k-tiny",
     ),

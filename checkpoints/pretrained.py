@@ -4,7 +4,8 @@
 "config": <the architecture's Config.to_dict()>}``. The weights are ``model.safetensors``, or
 above ``max_shard_size`` the shards and index of `checkpoints.shards`; every array leaf of
 the model is stored under its flat key (`checkpoints.tree_keys`). ``README.md`` is the model
-card (`checkpoints.card`).
+card (`checkpoints.card`). An expression model's folder also holds ``genes.tsv``, the genes
+of its input columns (`zoo.expression.gene_vocabulary`).
 
 Loading never runs code named by a file: the architecture name is looked up in
 `zoo.registry`, the model's shapes come from `eqx.filter_eval_shape` (no initialisation is
@@ -30,6 +31,7 @@ from checkpoints.errors import CheckpointError
 from checkpoints.references import Provenance, resolve
 from checkpoints.tree_keys import named_leaves, replace_leaves
 from zoo.common.config import Config, ConfigError
+from zoo.expression.gene_vocabulary import GENES_FILE, GeneMatchError, GeneVocabulary
 from zoo.registry import UnknownArchitectureError, architecture_of, lookup
 
 FORMAT_VERSION = 1
@@ -44,6 +46,7 @@ def save_pretrained(
     *,
     card: str | CardDetails | None = None,
     max_shard_size: int | str = shards.DEFAULT_MAX_SHARD_SIZE,
+    genes: GeneVocabulary | None = None,
 ) -> Path:
     """Write `model` as a checkpoint folder at `path` (created if needed).
 
@@ -55,11 +58,22 @@ def save_pretrained(
             by default a card is rendered from the config alone.
         max_shard_size: bytes (or ``"2GB"``, ``"500MiB"``) above which the weights are
             split into shards with an index.
+        genes: for an expression model, the genes of its input columns, in order; written
+            as ``genes.tsv`` so that cells from other files can be lined up with them.
 
     Returns:
         The folder's path.
+
+    Raises:
+        CheckpointError: `genes` does not have one gene per input column of the model.
     """
     architecture = architecture_of(model)
+    n_genes = getattr(getattr(model.config, "tokenizer", None), "n_genes", None)
+    if genes is not None and len(genes) != n_genes:
+        raise CheckpointError(
+            f"genes lists {len(genes):,} genes for a {architecture} that reads "
+            f"{n_genes if n_genes is not None else 'no'} gene columns"
+        )
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     arrays = {key: np.asarray(value) for key, value in named_leaves(model, eqx.is_array).items()}
@@ -74,7 +88,20 @@ def save_pretrained(
     if not isinstance(card, str):
         card = render_card(architecture, model.config, card)
     (folder / CARD_FILE).write_text(card)
+    if genes is not None:
+        genes.write(folder / GENES_FILE)
     return folder
+
+
+def read_genes(folder: str | os.PathLike) -> GeneVocabulary | None:
+    """The gene vocabulary a checkpoint folder carries (``genes.tsv``), or None."""
+    path = Path(folder) / GENES_FILE
+    if not path.is_file():
+        return None
+    try:
+        return GeneVocabulary.read(path)
+    except GeneMatchError as error:
+        raise CheckpointError(str(error)) from None
 
 
 def read_config(folder: Path) -> tuple[str, Config]:

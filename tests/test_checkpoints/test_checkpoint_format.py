@@ -5,12 +5,13 @@ import json
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 import pytest
 import safetensors.numpy
 
 import zoo
-from checkpoints import CheckpointError, safetensors_format
+from checkpoints import CheckpointError, CorruptWeightsError, safetensors_format
 
 TRANSFORMER = zoo.TransformerConfig(dim=16, n_layers=2, n_heads=2, mlp_dim=32)
 MODELS = {
@@ -162,3 +163,93 @@ def test_corrupted_weights(saved, corrupt):
 def test_not_a_checkpoint_folder(tmp_path):
     with pytest.raises(CheckpointError, match=r"no config\.json"):
         zoo.from_pretrained(tmp_path)
+
+
+# The weight file itself, written and read through the safetensors package.
+
+
+def test_bfloat16_round_trips_bit_exactly_and_torch_reads_the_same_bits(tmp_path):
+    import safetensors.torch
+    import torch
+
+    bits = np.random.default_rng(0).integers(0, 2**16, size=(64, 33), dtype=np.uint16)
+    bits[0, :4] = [0x7FC0, 0x7F81, 0xFF80, 0x8000]  # quiet NaN, NaN payload, -inf, -0
+    path = tmp_path / "bf16.safetensors"
+    safetensors_format.write(path, {"w": bits.view(ml_dtypes.bfloat16)})
+    header, _, _ = safetensors_format.read_header(path)
+    assert header["w"]["dtype"] == "BF16"
+    ours, _ = safetensors_format.read(path)
+    assert ours["w"].dtype == ml_dtypes.bfloat16
+    np.testing.assert_array_equal(ours["w"].view(np.uint16), bits)
+    theirs = safetensors.torch.load_file(path)["w"]
+    assert theirs.dtype == torch.bfloat16
+    np.testing.assert_array_equal(theirs.view(torch.int16).numpy().view(np.uint16), bits)
+
+
+def test_scalars_strided_views_and_metadata_survive(tmp_path):
+    grid = np.arange(24, dtype=np.float32).reshape(4, 6)
+    tensors = {"scalar": np.array(-42, np.int64), "strided": grid[:, ::2], "flag": np.array(True)}
+    path = tmp_path / "mixed.safetensors"
+    safetensors_format.write(path, tensors, {"format": "np", "note": "kept"})
+    official = safetensors.numpy.load_file(path)  # the library's own reader
+    ours, metadata = safetensors_format.read(path)
+    assert metadata == {"format": "np", "note": "kept"}
+    for name, expected in tensors.items():
+        for got in (official[name], ours[name]):
+            assert got.shape == expected.shape and got.dtype == expected.dtype, name
+            np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize(
+    "index",
+    [(slice(None), slice(None)), (slice(1, 3), slice(2, 6)), (slice(0, 1), slice(5, 6))],
+)
+def test_a_slice_reads_that_part(tmp_path, index):
+    grid = np.arange(24 * 6, dtype=np.float32).reshape(24, 6)
+    path = tmp_path / "grid.safetensors"
+    safetensors_format.write(path, {"grid": grid, "empty": np.zeros((0, 6), np.float32)})
+    tensors, _ = safetensors_format.open_file(path)
+    assert tensors["grid"].shape == (24, 6) and tensors["grid"].dtype == np.float32
+    np.testing.assert_array_equal(tensors["grid"].read(index), grid[index])
+    assert tensors["empty"].read(index).shape == np.zeros((0, 6))[index].shape
+    with pytest.raises(IndexError, match="has 1 axes"):
+        tensors["grid"].read((slice(None),))
+
+
+def test_repeated_header_keys_are_refused_though_the_library_takes_the_last(tmp_path):
+    entry = '"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}'
+    header = ("{" + entry + "," + entry + "}").encode()
+    path = tmp_path / "twice.safetensors"
+    path.write_bytes(len(header).to_bytes(8, "little") + header + bytes(8))
+    assert list(safetensors.numpy.load_file(path)) == ["w"]  # why we keep our own check
+    with pytest.raises(CorruptWeightsError, match=r"repeats the keys \['w'\]"):
+        safetensors_format.read(path)
+
+
+def test_dtypes_we_do_not_read_give_a_clear_error(tmp_path):
+    path = tmp_path / "fp8.safetensors"
+    fp8 = np.zeros(4, ml_dtypes.float8_e4m3fn)
+    safetensors.numpy.save_file({"w": fp8}, path)  # the library writes it ...
+    with pytest.raises(AttributeError):  # ... but its NumPy reader cannot read it back
+        safetensors.numpy.load_file(path)
+    with pytest.raises(
+        CorruptWeightsError, match=r"does not read: \{'w': 'F8_E4M3'\}; save them as one of"
+    ):
+        safetensors_format.read(path)
+    with pytest.raises(TypeError, match="tensor 'w' has dtype float8_e4m3fn"):
+        safetensors_format.write(path, {"w": fp8})
+
+
+def test_an_expression_model_saves_its_genes_and_a_wrong_count_is_refused(tmp_path):
+    from checkpoints import read_genes
+    from zoo.expression.gene_vocabulary import GeneVocabulary
+
+    config = zoo.DifferentiableFoundationModelConfig(
+        tokenizer=zoo.GeneTokenizerConfig(n_genes=3, max_tokens=2)
+    )
+    model = zoo.DifferentiableFoundationModel(config, key=jax.random.key(0))
+    genes = GeneVocabulary.from_names(["ENSG00000163736", "LYZ", "GNLY"])
+    folder = zoo.save_pretrained(model, tmp_path / "fm", genes=genes)
+    assert read_genes(folder) == genes
+    with pytest.raises(CheckpointError, match=r"genes lists 2 genes for a .* reads 3 gene"):
+        zoo.save_pretrained(model, tmp_path / "bad", genes=GeneVocabulary.from_names(["A", "B"]))

@@ -52,3 +52,16 @@ def test_a_shipped_checkpoint_reports_its_folder_and_digest_not_a_hub_commit(nam
     assert hub_main(["pull", name]) == 0
     printed = capsys.readouterr().out
     assert f"sha256 model.safetensors: {weights}" in printed and "None" not in printed
+
+
+def test_the_cell_checkpoint_carries_the_genes_it_was_trained_on(shared_data):
+    import anndata
+
+    from checkpoints import read_genes
+
+    folder = CATALOG["fm-pbmc3k-tiny"].shipped_folder()
+    genes = read_genes(folder)
+    trained_on = anndata.read_h5ad(shared_data / "pbmc3k_2000hvg_counts.h5ad", backed="r")
+    assert genes.symbols == tuple(trained_on.var_names)
+    assert len(genes) == zoo.from_pretrained("fm-pbmc3k-tiny").config.tokenizer.n_genes
+    assert read_genes(CATALOG["dna-encoder-tiny"].shipped_folder()) is None
