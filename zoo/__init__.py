@@ -12,6 +12,7 @@ from zoo.deseq2.design import DesignError
 from zoo.deseq2.differential_expression import differential_expression
 from zoo.deseq2.model import DifferentiableNBGLM, DifferentiableNBGLMConfig, NBGLMFit, fit_nbglm
 from zoo.deseq2.wald import WaldTest
+from zoo.em.effective_lengths import FragmentLengths, effective_lengths
 from zoo.em.equivalence_classes import EquivalenceClasses
 from zoo.em.model import (
     Abundances,
@@ -70,6 +71,7 @@ __all__ = [
     "DifferentiableUMAPConfig",
     "EquivalenceClasses",
     "FoundationOutput",
+    "FragmentLengths",
     "GeneTokenizer",
     "GeneTokenizerConfig",
     "GeneTokens",
@@ -93,6 +95,7 @@ __all__ = [
     "WaldTest",
     "annotate_vae",
     "differential_expression",
+    "effective_lengths",
     "fit_hmm_baum_welch",
     "fit_hmm_gradient",
     "fit_nbglm",
