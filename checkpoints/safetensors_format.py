@@ -139,8 +139,11 @@ def open_file(path: str | os.PathLike) -> tuple[dict[str, StoredTensor], dict[st
         slices = {key: handle.get_slice(key) for key in handle.keys()}  # noqa: SIM118 (not a dict)
         metadata = handle.metadata() or {}
     unknown = {key: s.get_dtype() for key, s in slices.items() if s.get_dtype() not in DTYPES}
-    if unknown:
-        raise corrupt(path, f"dtypes this project does not read: {unknown}")
+    if unknown:  # a valid file, but not one we can hand to NumPy and JAX as it is
+        raise CorruptWeightsError(
+            f"{path} holds tensors in dtypes this project does not read: {unknown}; "
+            f"save them as one of {sorted(DTYPES)}"
+        )
     header_json(path)  # the library took the header; refuse repeated keys it let pass
     tensors = {
         key: StoredTensor(path, key, tuple(s.get_shape()), DTYPES[s.get_dtype()], handle)
@@ -207,5 +210,5 @@ def write(
             raise TypeError(
                 f"tensor {name!r} has dtype {array.dtype}, which safetensors cannot store"
             )
-        arrays[name] = np.ascontiguousarray(array)
+        arrays[name] = np.asarray(array, order="C")  # ascontiguousarray would make 0-d 1-d
     safetensors.numpy.save_file(arrays, path, metadata=dict(metadata) if metadata else None)

@@ -164,3 +164,61 @@ def test_shardings_must_cover_the_model(tmp_path):
         zoo.from_pretrained(folder, shardings=partial)
     model = zoo.from_pretrained(folder, shardings=device)
     assert model.mlm_bias.sharding == device
+
+
+SLICE_READS = textwrap.dedent(
+    """
+    import json, sys
+    import jax, numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    import zoo
+    from checkpoints import safetensors_format
+    from checkpoints.pretrained import abstract_model
+    from checkpoints.tree_keys import named_leaves
+
+    reads = {}
+    read = safetensors_format.StoredTensor.read
+    def spy(self, index=None):
+        piece = read(self, index)
+        reads.setdefault(self.key, []).append([index is None, piece.size])
+        return piece
+    safetensors_format.StoredTensor.read = spy
+
+    mesh = Mesh(np.array(jax.devices()).reshape(2, 2), ("fsdp", "model"))
+    def rule(leaf):
+        if leaf.ndim >= 2 and leaf.shape[-1] % 2 == 0 and leaf.shape[-2] % 2 == 0:
+            return NamedSharding(mesh, P(*[None] * (leaf.ndim - 2), "fsdp", "model"))
+        return NamedSharding(mesh, P())
+    is_shape = lambda leaf: isinstance(leaf, jax.ShapeDtypeStruct)
+    skeleton = abstract_model(sys.argv[1])
+    shardings = jax.tree.map(lambda leaf: rule(leaf) if is_shape(leaf) else None, skeleton)
+    zoo.from_pretrained(sys.argv[1], shardings=shardings)
+    sizes = {
+        key: [int(np.prod(leaf.shape)), rule(leaf).spec != P()]
+        for key, leaf in named_leaves(skeleton, is_shape).items()
+    }
+    print(json.dumps({"reads": reads, "sizes": sizes}))
+    """
+)
+
+
+def test_each_device_reads_only_its_slice(tmp_path):
+    folder = zoo.save_pretrained(encoder(), tmp_path / "ckpt", max_shard_size=40_000)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    env["JAX_PLATFORMS"] = "cpu"
+    result = subprocess.run(
+        [sys.executable, "-c", SLICE_READS, str(folder)], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads(result.stdout.splitlines()[-1])
+    reads, sizes = found["reads"], found["sizes"]
+    assert sorted(reads) == sorted(sizes)
+    split = [key for key, (_, is_split) in sizes.items() if is_split]
+    assert len(split) >= 10
+    for key, pieces in reads.items():
+        assert not any(whole for whole, _ in pieces), f"{key} was read whole, not by slice"
+        size, is_split = sizes[key]
+        if is_split:  # four quarters, one per device: the tensor's bytes are read once
+            assert [n for _, n in pieces] == [size // 4] * 4, key
+        else:  # replicated: JAX reads it once for the devices that share the same piece
+            assert {n for _, n in pieces} == {size} and len(pieces) <= 4, key
