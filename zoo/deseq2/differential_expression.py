@@ -3,9 +3,10 @@
     results = zoo.differential_expression(counts, metadata, "~ cell + dex", ("dex", "trt", "untrt"))
 
 `counts` is samples x genes raw integer counts, `metadata` one row per sample (matched by
-index, in any order), the design a formula of metadata columns (`zoo.deseq2.design`) and the
-contrast ``(factor, level, reference)``. The fit is `zoo.deseq2.model.fit_nbglm` in float64 and the
-result has pydeseq2's columns ``baseMean, log2FoldChange, lfcSE, stat, pvalue, padj``.
+index, in any order), the design a formulaic formula of metadata columns (`zoo.deseq2.design`)
+and the contrast ``(factor, level, reference)``. The fit is `zoo.deseq2.model.fit_nbglm` in
+float64 and the result has pydeseq2's columns
+``baseMean, log2FoldChange, lfcSE, stat, pvalue, padj``.
 """
 
 from __future__ import annotations
@@ -56,8 +57,11 @@ def differential_expression(
     Args:
         counts: samples x genes non-negative integer counts.
         metadata: sample annotation indexed by the same sample names.
-        design: formula such as ``"~condition"`` or ``"~cell + dex"``.
-        contrast: ``(factor, level, reference)``; the fold change is level / reference.
+        design: a formulaic formula over metadata columns, as pydeseq2 takes, such as
+            ``"~condition"``, ``"~cell + dex"``, ``"~condition * type"`` or
+            ``"~C(dex, contr.treatment('trt'))"`` (see `zoo.deseq2.design`).
+        contrast: ``(factor, level, reference)``; the fold change is level / reference, at
+            the reference levels of the other factors when `factor` is in an interaction.
         shrink_dispersions, cooks_filter, independent_filter, fdr_level: see
             `zoo.DifferentiableNBGLMConfig`.
 
