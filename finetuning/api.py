@@ -111,6 +111,8 @@ def finetune(
     target: str = "classification",
     config: Any = None,
     mesh: Mesh | None = None,
+    checkpoints: Any = None,
+    resume: bool = False,
     progress: bool = True,
     **options: Any,
 ):
@@ -126,6 +128,8 @@ def finetune(
         target: ``"classification"``, ``"regression"`` or ``"auto"``.
         config: a `finetuning.train.FineTuneConfig` (default: its defaults).
         mesh: the device mesh (default: the first device).
+        checkpoints, resume: a `pretraining.state.TrainingCheckpoints` to save the training
+            state to, and whether to continue from it (`finetuning.train.fine_tune`).
         progress: show a progress bar.
         options: keywords of `read_options`.
 
@@ -146,7 +150,15 @@ def finetune(
         backbone, *sources, options=read_options(**options), target=target, seed=config.seed
     )
     result, folder = run_fine_tune(
-        made.task, backbone, config, Path(out), base_model=base_model, mesh=mesh, progress=progress
+        made.task,
+        backbone,
+        config,
+        Path(out),
+        base_model=base_model,
+        mesh=mesh,
+        checkpoints=checkpoints,
+        resume=resume,
+        progress=progress,
     )
     write_splits(folder, made.splits["id"].to_numpy(), made.splits["split"].to_numpy())
     return result, folder

@@ -3,7 +3,11 @@
 - ``biozoo tour``: every representation model on real DNA and cells, saved and reloaded;
 - ``biozoo pull | push | card | ls``: the checkpoint hub (`checkpoints.cli`);
 - ``biozoo pretrain dna | expression``: sharded pretraining (`pretraining.cli`);
-- ``biozoo finetune TASK``: fine-tune a checkpoint (or a fresh model) on a downstream task.
+- ``biozoo finetune TASK``: fine-tune a checkpoint (or a fresh model) on a downstream task;
+  ``biozoo finetune --base REF --train FILE [--validation FILE --test FILE]``: on the
+  user's own sequences (FASTA, TSV, CSV, Parquet) or cells (.h5ad);
+- ``biozoo embed REF DATA --out OUT``, ``biozoo predict MODEL DATA --out OUT`` and
+  ``biozoo evaluate MODEL DATA --out METRICS``: the user's own data (`finetuning.api`).
 
 Heavy modules are imported when a subcommand runs, so ``biozoo --help`` is quick. Errors a
 user can fix print one line and exit with status 1.
@@ -43,6 +47,139 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def read_keywords(args: argparse.Namespace) -> dict:
+    """The `finetuning.api.read_options` keywords of the data options."""
+    return {
+        "sequence_column": args.sequence_column,
+        "label_column": args.label_column,
+        "name_column": args.name_column,
+        "split_column": args.split_column,
+        "layer": args.layer,
+        "label_key": args.label_key,
+        "truncate": args.truncate,
+    }
+
+
+def add_read_options(p: argparse.ArgumentParser) -> None:
+    """Where the inputs, labels and splits of the user's files are."""
+    p.add_argument("--sequence-column", default="sequence", help="table column of sequences")
+    p.add_argument("--label-column", default="label", help="table column of labels or targets")
+    p.add_argument("--name-column", help="table column of example names (default: row number)")
+    p.add_argument("--split-column", default="split", help="train / validation / test column")
+    p.add_argument("--layer", help=".h5ad layer holding raw counts (default: X)")
+    p.add_argument("--label-key", help=".h5ad obs column of cell labels")
+    p.add_argument(
+        "--truncate",
+        action="store_true",
+        help="cut sequences longer than the model takes (default: refuse them)",
+    )
+
+
+def embed(args: argparse.Namespace) -> int:
+    """Embed the user's sequences or cells and write them with the model's provenance."""
+    from finetuning.api import embed as embed_data
+
+    embeddings = embed_data(
+        args.model,
+        args.data,
+        out=args.out,
+        per_token=args.per_token,
+        key_added=args.key_added,
+        batch_size=args.batch_size,
+        **read_keywords(args),
+    )
+    print(f"embedded {len(embeddings)} examples: {args.out}")
+    return 0
+
+
+def predict(args: argparse.Namespace) -> int:
+    """Write the predictions of a fine-tuned model on the user's data."""
+    from finetuning.api import predict as predict_data
+
+    table = predict_data(
+        args.model, args.data, out=args.out, batch_size=args.batch_size, **read_keywords(args)
+    )
+    print(f"predicted {len(table)} examples: {args.out}")
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    """Print the metrics of a fine-tuned model on the user's labelled data."""
+    from finetuning.api import evaluate as evaluate_data
+    from finetuning.api import format_metrics
+
+    report = evaluate_data(
+        args.model, args.data, out=args.out, batch_size=args.batch_size, **read_keywords(args)
+    )
+    print(format_metrics(report))
+    print(f"saved: {args.out} and its plot beside it")
+    return 0
+
+
+def add_data_commands(commands: argparse._SubParsersAction) -> None:
+    """The ``embed``, ``predict`` and ``evaluate`` subcommands."""
+    p = commands.add_parser("embed", help="embed your sequences or cells with a checkpoint")
+    p.add_argument("model", help="checkpoint (folder, catalog name, org/name@rev)")
+    p.add_argument("data", help="FASTA (.fa, .fa.gz), table (.tsv, .csv, .parquet) or .h5ad")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="sequences: .npy (+ .json names), .npz or .parquet; cells: an .h5ad copy",
+    )
+    p.add_argument(
+        "--per-token",
+        action="store_true",
+        help="per-token hidden states (sequences; .npz with offsets, or .parquet lists)",
+    )
+    p.add_argument("--key-added", default="X_biozoo", help="obsm key of cell embeddings")
+    add_read_options(p)
+    p.add_argument("--batch-size", type=int, default=64, help="examples per batch")
+    p.set_defaults(func=embed)
+    for name, function, out_help in (
+        ("predict", predict, "predictions: .tsv, .csv, .parquet, or (cells) an .h5ad copy"),
+        ("evaluate", evaluate, "metrics file (.tsv or .json); the plot is written beside it"),
+    ):
+        p = commands.add_parser(name, help=f"{name} a fine-tuned model on your data")
+        p.add_argument("model", help="fine-tuned checkpoint (folder, org/name@rev)")
+        p.add_argument("data", help="FASTA, table (.tsv, .csv, .parquet) or .h5ad")
+        p.add_argument(
+            "--out", required=name == "predict", default="evaluation/metrics.tsv", help=out_help
+        )
+        add_read_options(p)
+        p.add_argument("--batch-size", type=int, default=64, help="examples per batch")
+        p.set_defaults(func=function)
+
+
+def finetune_user_data(args: argparse.Namespace, config, mesh, state) -> int:
+    """Fine-tune `args.base` on the user's files (on `mesh`, saving training state to
+    `state`) and save the result with its card."""
+    import checkpoints
+    from finetuning.api import finetune as finetune_data
+
+    if args.base is None:
+        raise SystemExit("error: fine-tuning on your own files needs --base (a checkpoint)")
+    result, folder = finetune_data(
+        args.train,
+        base=args.base,
+        validation=args.validation,
+        test=args.test,
+        out=args.out,
+        target=args.target,
+        config=config,
+        mesh=mesh,
+        checkpoints=state,
+        resume=args.resume,
+        **read_keywords(args),
+    )
+    if result.resumed_from is not None:
+        print(f"resumed from step {result.resumed_from}")
+    print(f"test: {', '.join(f'{k}={v:.3f}' for k, v in result.test.items())}")
+    print(f"saved: {folder} (splits: {folder / 'splits.tsv'})")
+    if args.push:
+        print(f"pushed: commit {checkpoints.push_to_hub(folder, args.push)}")
+    return 0
+
+
 def finetune(args: argparse.Namespace) -> int:
     """Fine-tune on a task and save the result with its card."""
     import checkpoints
@@ -70,9 +207,13 @@ def finetune(args: argparse.Namespace) -> int:
     )
     mesh = make_mesh(args.mesh)  # settings are checked before any data is read
     check_batch_size(config.batch_size, mesh, 1)
+    if (args.task is None) == (args.train is None):
+        raise SystemExit("error: give a built-in TASK or --train FILE (your own data), not both")
     state = None
     if args.checkpoint_dir:
         state = TrainingCheckpoints(args.checkpoint_dir, save_every=args.save_every, keep=2)
+    if args.train is not None:
+        return finetune_user_data(args, config, mesh, state)
     task = TASKS[args.task]()
     if args.base:
         backbone, provenance = checkpoints.from_pretrained(args.base, with_provenance=True)
@@ -103,7 +244,18 @@ def add_finetune_command(commands: argparse._SubParsersAction) -> None:
     from finetuning.tasks import TASKS  # light: the data are read when the task is built
 
     p = commands.add_parser("finetune", help="fine-tune a checkpoint on a downstream task")
-    p.add_argument("task", choices=sorted(TASKS), help="the downstream task")
+    p.add_argument("task", nargs="?", choices=sorted(TASKS), help="a built-in downstream task")
+    p.add_argument("--train", help="your labelled file (alone: split by its split column or drawn)")
+    p.add_argument("--validation", help="your validation file (with --test)")
+    p.add_argument("--test", help="your test file (with --validation)")
+    p.add_argument(
+        "--target",
+        choices=("classification", "regression", "auto"),
+        default="classification",
+        help="auto: regression when every label is a number and there are more than 10 "
+        "distinct ones or a fraction (default: %(default)s)",
+    )
+    add_read_options(p)
     p.add_argument("--base", help="checkpoint to start from (folder, catalog name, org/name@rev)")
     p.add_argument("--strategy", choices=("linear", "full", "partial", "lora"), default="full")
     p.add_argument("--freeze-layers", type=int, default=1, help="frozen layers for partial")
@@ -173,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain = commands.add_parser("pretrain", help="sharded pretraining (dna or expression)")
     add_pretraining_commands(pretrain.add_subparsers(dest="task", required=True, metavar="TASK"))
     add_finetune_command(commands)
+    add_data_commands(commands)
     return parser
 
 
@@ -182,11 +335,12 @@ def user_errors() -> tuple[type[Exception], ...]:
 
     from checkpoints import CheckpointError
     from checkpoints.card import CardError
+    from finetuning.user_data import UserDataError
     from pretraining.cli import user_errors as pretraining_errors
     from zoo.common.config import ConfigError
 
     hub = (CheckpointError, CardError, ConfigError, huggingface_hub.errors.HfHubHTTPError)
-    return hub + pretraining_errors()
+    return (*hub, UserDataError, *pretraining_errors())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -78,9 +78,12 @@ class InputBatch:
 
 
 def describe(data: Any) -> str:
-    """The name errors give to `data`: the path, or what kind of object it is."""
+    """The name errors give to `data`: the path (a backed AnnData's file too), or what kind
+    of object it is."""
     if isinstance(data, (str, os.PathLike)):
         return str(data)
+    if isinstance(data, anndata.AnnData) and data.isbacked:
+        return str(data.filename)
     return f"the {type(data).__name__}"
 
 

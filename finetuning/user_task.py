@@ -11,7 +11,6 @@ labels of all the data; the target is classification, regression, or inferred wi
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +147,7 @@ def user_task(
 
 
 def _stem(data: Any) -> str:
-    if isinstance(data, (str, os.PathLike)):
-        return Path(data).name.split(".")[0]
-    return "user-data"
+    source = describe(data)
+    return (
+        Path(source).name.split(".")[0] if source != f"the {type(data).__name__}" else "user-data"
+    )
