@@ -5,8 +5,8 @@ designs and column names are pydeseq2's: main effects ``"~ a + b"``, interaction
 and ``a * b``, continuous covariates and transforms of them (``np.log(x)``), codings and
 reference levels (``C(a, contr.treatment("ref"))``), no intercept (``"~ 0 + a"``). A
 non-numeric column is a factor in treatment coding with its first level as the reference
-(category order for a pandas ``Categorical``, otherwise sorted); a numeric one is a
-continuous covariate unless wrapped in ``C()``.
+(category order for a pandas ``Categorical``, otherwise sorted); a numeric or boolean one is
+a continuous covariate unless wrapped in ``C()``.
 
 What stays ours, and why:
 
@@ -19,8 +19,8 @@ What stays ours, and why:
 - the contrast vectors: ``(factor, level, reference)`` is the difference of two design rows
   built by the formula's `formulaic.ModelSpec`, one with ``factor = level`` and one with
   ``factor = reference``, every other variable at its reference level (the base of its
-  treatment coding, else its first level) or at 0 if numeric. That is pydeseq2's rule (via
-  ``formulaic_contrasts``, which is not a dependency of this package), so it covers any pair
+  treatment coding, else its first level) or at 0 if numeric. That is pydeseq2's rule for
+  treatment codings (via ``formulaic_contrasts``, not a dependency here), so it covers any pair
   of levels and interaction designs, where the fold change is the one at the reference
   levels of the other factors. As in R's DESeq2, the factor must have a main effect: in
   ``"~ a:b"`` alone a contrast of ``a`` is refused.
