@@ -5,8 +5,8 @@
    encoder and from scratch (same architecture, same budget), test accuracy and MCC side
    by side.
 3. Pretrain on a device mesh: a short masked-language-model run on real DNA over 8
-   simulated CPU devices with FSDP (``data=4,fsdp=2``), checkpointed, then resumed from
-   its last checkpoint with the same command, as after a kill.
+   simulated CPU devices with FSDP (``data=4,fsdp=2``), killed with SIGKILL once its
+   first checkpoint is written, then finished by the same command plus ``--resume``.
 4. Save the resumed run's model and load it back with `zoo.from_pretrained`.
 
 It ends with a summary table.
@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -77,7 +78,9 @@ def fine_tune_both(out: Path, steps: int) -> list[Row]:
 
 
 def pretrain_with_resume(out: Path, steps: int) -> list[Row]:
-    """Steps 3 and 4: a sharded pretraining run, resumed from its checkpoint, then reloaded."""
+    """Steps 3 and 4: a sharded pretraining run of `steps` steps killed (SIGKILL) as soon as
+    its first checkpoint (at ``steps // 2``) is on disk, finished by the same command plus
+    ``--resume``, then reloaded."""
     from checkpoints import from_pretrained
 
     env = dict(
@@ -86,22 +89,26 @@ def pretrain_with_resume(out: Path, steps: int) -> list[Row]:
     command = [
         sys.executable, "-m", "pretraining", "dna", "human-chrX-70Mb",
         "--preset", "tiny", "--mesh", "data=4,fsdp=2", "--batch-size", "32",
-        "--save-every", str(steps // 2), "--eval-every", str(steps // 2), "--out", str(out),
+        "--steps", str(steps), "--save-every", str(steps // 2),
+        "--eval-every", str(steps // 2), "--out", str(out),
     ]  # fmt: skip
-    rows = []
-    for label, extra in (
-        ("pretrain 8 devices, FSDP", ["--steps", str(steps // 2)]),
-        ("resume from checkpoint", ["--steps", str(steps), "--resume"]),
-    ):
-        start = time.perf_counter()
-        subprocess.run([*command, *extra], env=env, check=True)
-        rows.append(
-            Row(
-                label,
-                f"step {_last_step(out)}, validation loss {_last_validation(out):.3f}",
-                time.perf_counter() - start,
-            )
+    start = time.perf_counter()
+    killed = _kill_after_checkpoint(command, env, out / "checkpoints" / str(steps // 2))
+    outcome = (
+        f"killed (SIGKILL) after the step-{steps // 2} checkpoint, at step {_last_step(out)}"
+        if killed
+        else f"finished (step {_last_step(out)}) before it could be killed"
+    )
+    rows = [Row("pretrain 8 devices, FSDP", outcome, time.perf_counter() - start)]
+    start = time.perf_counter()
+    subprocess.run([*command, "--resume"], env=env, check=True)
+    rows.append(
+        Row(
+            "resume with the same command",
+            f"step {_last_step(out)}, validation loss {_last_validation(out):.3f}",
+            time.perf_counter() - start,
         )
+    )
     start = time.perf_counter()
     model = eqx.nn.inference_mode(from_pretrained(out / "model"))
     ids, mask = model.tokenizer(["ACGTACGTTAGCCGATNNACGT"])
@@ -114,6 +121,21 @@ def pretrain_with_resume(out: Path, steps: int) -> list[Row]:
         )
     )
     return rows
+
+
+def _kill_after_checkpoint(command: list[str], env: dict[str, str], checkpoint: Path) -> bool:
+    """Run `command` and SIGKILL it once the `checkpoint` folder exists (Orbax renames it into
+    place when complete); False when the run ended first."""
+    process = subprocess.Popen(command, env=env)
+    while not checkpoint.is_dir() and process.poll() is None:
+        time.sleep(0.02)
+    if process.poll() is not None:
+        if process.returncode:
+            raise subprocess.CalledProcessError(process.returncode, command)
+        return False
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    return True
 
 
 def _metrics(out: Path) -> list[dict]:

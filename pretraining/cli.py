@@ -69,7 +69,13 @@ def add_run_arguments(parser: argparse.ArgumentParser, task: str) -> None:
     )
 
     loop = parser.add_argument_group("training")
-    loop.add_argument("--steps", type=int, default=1000, help="optimiser updates (default: 1000)")
+    loop.add_argument(
+        "--steps",
+        type=int,
+        default=1000,
+        help="optimiser updates; the cosine learning-rate decay ends here, so --resume keeps "
+        "it (default: %(default)s)",
+    )
     loop.add_argument(
         "--batch-size",
         type=int,
@@ -122,8 +128,11 @@ def add_run_arguments(parser: argparse.ArgumentParser, task: str) -> None:
     output.add_argument(
         "--resume",
         action="store_true",
-        help="continue from the newest checkpoint in OUT/checkpoints (same settings; the "
-        "mesh may differ). With --steps at or below the saved step it only re-exports.",
+        help="continue from the newest checkpoint in OUT/checkpoints with the same command. "
+        "Every training setting must match the saved run, --steps included (it fixes the "
+        "learning-rate schedule), or the run is refused; only --mesh, --save-every, --keep, "
+        "--eval-every, --eval-batches and --no-progress may change. A finished run is "
+        "re-exported.",
     )
     output.add_argument(
         "--save-every",

@@ -1,6 +1,11 @@
 """`RunConfig`: everything that decides what a pretraining run computes, saved in every
 training checkpoint and in the exported model card. The device mesh is not part of it: a
-run may resume on a different mesh."""
+run may resume on a different mesh.
+
+A resumed run must keep every setting that shapes the training trajectory; that includes
+``steps``, because it fixes the length of the learning-rate schedule (warm-up, then cosine
+decay that ends at step ``steps``). Only the bookkeeping in `RESUMABLE_CHANGES` may change.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from zoo.common.config import Config, require, require_choice, require_positive,
 
 TASKS = ("dna", "expression")
 # Fields that may change when a run is resumed (they do not change the trajectory).
-RESUMABLE_CHANGES = ("steps", "eval_every", "eval_batches", "save_every", "keep")
+RESUMABLE_CHANGES = ("eval_every", "eval_batches", "save_every", "keep")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +32,8 @@ class RunConfig(Config):
         seq_len: DNA tokens per example (0: the preset's).
         max_tokens: most gene tokens per cell (0: the preset's, capped at the gene count).
         dropout: dropout probability of the transformer.
-        steps: optimiser updates in the whole run.
+        steps: optimiser updates in the whole run; also the length of the learning-rate
+            schedule, so a resumed run cannot change it.
         batch_size: examples per update (all processes and micro-batches together).
         seed: seeds the initial weights, the data order, masks and dropout.
         val_fraction: share of the corpus held out (the end of each DNA record; random
@@ -78,6 +84,23 @@ class RunConfig(Config):
         )
 
     def changes_from(self, saved: RunConfig) -> list[str]:
-        """Fields that differ from `saved` and would change the training trajectory."""
-        mine, theirs = self.to_dict(), saved.to_dict()
-        return [k for k in mine if k not in RESUMABLE_CHANGES and mine[k] != theirs[k]]
+        """Every setting that differs from `saved` and would change the training trajectory
+        (all but `RESUMABLE_CHANGES`), as ``"name: saved X, now Y"``; optimiser settings are
+        named ``optimizer.<field>``."""
+        mine, theirs = _flat(self.to_dict()), _flat(saved.to_dict())
+        return [
+            f"{name}: saved {theirs[name]!r}, now {value!r}"
+            for name, value in mine.items()
+            if name not in RESUMABLE_CHANGES and value != theirs.get(name)
+        ]
+
+
+def _flat(values: dict, prefix: str = "") -> dict:
+    """`values` with nested dicts spread into ``"outer.inner"`` keys."""
+    out = {}
+    for name, value in values.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{name}."))
+        else:
+            out[f"{prefix}{name}"] = value
+    return out

@@ -5,7 +5,9 @@ validation and checkpoints, and export the result.
 
 * ``checkpoints/``: Orbax training state (`pretraining.state`); ``--resume`` continues
   from the newest, step for step as if never interrupted (the data and randomness of a
-  step depend only on the seed and the step number);
+  step depend only on the seed and the step number). A resume must repeat the saved run's
+  settings, ``--steps`` included (it sets the learning-rate schedule); a changed setting is
+  refused with `RunError` naming it and both values (`RunConfig.changes_from`);
 * ``metrics.jsonl``: one JSON object per step (loss, learning rate, gradient norm,
   throughput, MFU) and per validation;
 * ``model/``: the `zoo.save_pretrained` folder with a model card and ``loss_curve.png``.
@@ -110,7 +112,18 @@ class Meter:
 
 
 class Run:
-    """One pretraining run in folder ``out`` (see the module docstring)."""
+    """One pretraining run in folder ``out`` (see the module docstring).
+
+    Args:
+        run: the settings.
+        out: the output folder.
+        mesh: device mesh, as ``pretraining.mesh.parse_mesh`` reads it.
+        resume: continue the newest checkpoint in ``out``.
+
+    Raises:
+        RunError: ``out`` holds a checkpoint and `resume` is False, or the checkpoint was
+            written with other settings than `run` (``steps`` included).
+    """
 
     def __init__(self, run: RunConfig, out: str | Path, *, mesh: str = "", resume: bool = False):
         self.config = run
@@ -158,8 +171,9 @@ class Run:
         changed = self.config.changes_from(saved)
         if changed:
             raise RunError(
-                f"{self.out} was trained with other settings ({', '.join(changed)} differ); "
-                "resume with the same command, or choose another --out"
+                f"{self.out} was trained with other settings ({'; '.join(changed)}); "
+                "resume with the same command (--steps included: it sets the learning-rate "
+                "schedule), or choose another --out"
             )
         return state["params"], state["opt_state"], metadata["step"]
 
