@@ -11,6 +11,7 @@ tqdm progress bar.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -150,8 +151,9 @@ def embed_batches(
     if per_token and not isinstance(backbone, TransformerSequenceEncoder):
         raise ValueError("per-token embeddings are for transformer sequence encoders")
     apply = ShardedMap(_per_token if per_token else _pooled, backbone, batch_size, mesh)
+    batches = _rebatched(batches, apply.batch_size)
     with tqdm(total=total, desc="embed", unit="example", disable=not progress) as bar:
-        for batch in _rebatched(batches, apply.batch_size):
+        for batch in batches:
             arrays = model_arrays(backbone, batch.inputs)
             outputs = apply(*arrays)
             if per_token:
@@ -183,15 +185,23 @@ def output_batches(
         return y if regression else jax.nn.softmax(y)
 
     apply = ShardedMap(outputs, model, batch_size, mesh)
+    batches = _rebatched(batches, apply.batch_size)
     with tqdm(total=total, desc="predict", unit="example", disable=not progress) as bar:
-        for batch in _rebatched(batches, apply.batch_size):
+        for batch in batches:
             values = apply(*model_arrays(model.backbone, batch.inputs))
             bar.update(len(batch.names))
             yield batch, np.asarray(values, np.float64)
 
 
 def _rebatched(batches: Iterable[InputBatch], size: int) -> Iterator[InputBatch]:
-    """The examples of `batches` again, at most `size` at a time."""
+    """The examples of `batches` again, at most `size` at a time. The first batch is read
+    (and checked) at once, so bad input fails before a progress bar is drawn."""
+    batches = iter(batches)
+    first = next(batches, None)
+    return _split_batches(itertools.chain([] if first is None else [first], batches), size)
+
+
+def _split_batches(batches: Iterable[InputBatch], size: int) -> Iterator[InputBatch]:
     for batch in batches:
         for start in range(0, len(batch.names), size):
             part = slice(start, start + size)
