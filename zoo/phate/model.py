@@ -21,7 +21,8 @@ Discrete decisions, made once on concrete data by `DifferentiablePHATE.graph`, a
 a `PHATEGraph`: which pairs of cells can have a non-zero affinity, which neighbour sets each
 bandwidth, the landmark clusters and ``t``. Given a graph, the call
 ``phate(features, graph)`` is a pure JAX function of the features, differentiable end to
-end, so PHATE can sit inside a model trained by gradient.
+end, so PHATE can sit inside a model trained by gradient. The graph records the features it
+was built on (`zoo.phate.fingerprint`), and the call refuses a graph of other cells.
 
 PHATE has no learned parameters: a checkpoint is its config (``config.json``) with an
 empty weights file, which is what `zoo.save_pretrained` writes.
@@ -40,6 +41,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 from zoo.common.config import Config, require, require_choice, require_positive
 from zoo.common.pca import pca_scores
 from zoo.phate.alpha_decay import KernelPattern, dense_kernel, kernel_pattern, kernel_values
+from zoo.phate.fingerprint import feature_fingerprint, same_features
 from zoo.phate.landmarks import interpolate, landmark_operator, spectral_landmarks
 from zoo.phate.mds import classical_mds, pairwise_distances, smacof
 from zoo.phate.von_neumann import optimal_t
@@ -108,12 +110,37 @@ class PHATEGraph(eqx.Module):
         clusters: each cell's landmark, or None without landmarks.
         n_landmarks: the number of landmarks, or None.
         t: the diffusion time.
+        shape: ``(n_cells, n_features)`` of the features the graph was built on.
+        fingerprint: `zoo.phate.fingerprint.feature_fingerprint` of those features.
     """
 
     pattern: KernelPattern
     clusters: Int[Array, " n_cells"] | None
     n_landmarks: int | None = eqx.field(static=True)
     t: int = eqx.field(static=True)
+    shape: tuple[int, int] = eqx.field(static=True)
+    fingerprint: Float[Array | np.ndarray, " sketch"]
+
+    def check_features(self, features: Float[Array | np.ndarray, "n_cells n_features"]) -> None:
+        """Raise a ValueError naming `graph` unless `features` are those the graph was built
+        on: same shape (checked also under jit), and, when the features and the graph are
+        concrete (outside jit and grad), the same fingerprint."""
+        if tuple(features.shape) != self.shape:
+            raise ValueError(
+                f"graph was built on {self.shape[0]} cells x {self.shape[1]} features, got "
+                f"{features.shape[0]} x {features.shape[1]}; build it on these features "
+                "with DifferentiablePHATE.graph"
+            )
+        if isinstance(features, jax.core.Tracer) or isinstance(self.fingerprint, jax.core.Tracer):
+            return
+        values = np.asarray(features)
+        if not np.all(np.isfinite(values)):
+            raise ValueError("features contain NaN or infinite values")
+        if not same_features(feature_fingerprint(values), np.asarray(self.fingerprint)):
+            raise ValueError(
+                "graph was built on other features (other cells, or another order); build it "
+                "on these features with DifferentiablePHATE.graph"
+            )
 
 
 class DifferentiablePHATE(eqx.Module):
@@ -134,7 +161,8 @@ class DifferentiablePHATE(eqx.Module):
         differentiable).
 
         Raises:
-            ValueError: for NaN/inf features, or ``knn`` not below the number of cells.
+            ValueError: for features that are not a 2-D real matrix with at least one
+                column, NaN/inf features, or ``knn`` not below the number of cells.
         """
         return self._fit(features, key)[0]
 
@@ -142,8 +170,19 @@ class DifferentiablePHATE(eqx.Module):
         self, features: Float[Array, "n_cells n_features"], graph: PHATEGraph
     ) -> Float[Array, "n_cells n_components"]:
         """The PHATE embedding of all cells of `features` (one data set is one example),
-        differentiable with respect to `features`. `graph` comes from `graph` on the same
-        cells."""
+        differentiable with respect to `features`.
+
+        Args:
+            features: ``(n_cells, n_features)``, finite.
+            graph: from `graph` on these features (`PHATEGraph.check_features`).
+
+        Raises:
+            ValueError: naming `graph` when it was built on other features, or for
+                NaN/inf features outside jit.
+        """
+        if features.ndim != 2:
+            raise ValueError(f"features must be 2-D (cells x features), got {features.shape}")
+        graph.check_features(features)
         points = _points(self.config, features)
         values, operator = _operator(self.config, points, graph)
         return _embed(self.config, values, operator, graph)
@@ -189,10 +228,11 @@ class DifferentiablePHATE(eqx.Module):
             values = _values_jit(points, pattern, float(config.decay), AFFINITY_THRESHOLD)
             clusters = spectral_landmarks(values, pattern, config.n_landmark, key=key)
             clusters, n_landmarks = jnp.asarray(clusters), int(clusters.max()) + 1
-        draft = PHATEGraph(pattern, clusters, n_landmarks, t=1)
+        shape, fingerprint = tuple(features.shape), feature_fingerprint(features)
+        draft = PHATEGraph(pattern, clusters, n_landmarks, 1, shape, fingerprint)
         values, operator = _operator_jit(config, points, draft)
         t = config.t or optimal_t(np.asarray(operator), config.t_max)
-        graph = PHATEGraph(pattern, clusters, n_landmarks, t=t)
+        graph = PHATEGraph(pattern, clusters, n_landmarks, t, shape, fingerprint)
         return graph, values, operator
 
 
@@ -273,9 +313,14 @@ def _check_features(features, knn: int) -> Float[Array, "n_cells n_features"]:
     """Dense float32 features, with a clear error for the problems PHATE cannot handle."""
     if hasattr(features, "toarray"):
         features = features.toarray()
-    features = np.asarray(features, dtype=np.float32)
+    features = np.asarray(features)
+    if features.dtype.kind not in "biuf":
+        raise ValueError(f"features must be real numbers, got dtype {features.dtype}")
+    features = features.astype(np.float32)
     if features.ndim != 2:
         raise ValueError(f"features must be 2-D (cells x features), got shape {features.shape}")
+    if features.shape[1] == 0:
+        raise ValueError("features must have at least one column")
     if not np.all(np.isfinite(features)):
         raise ValueError("features contain NaN or infinite values")
     n_cells = features.shape[0]

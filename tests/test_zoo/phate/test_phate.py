@@ -203,14 +203,122 @@ def test_anndata_in_and_out(pbmc_pcs):
         model.fit_transform(adata, use_rep="X_umap", key=jax.random.key(0))
 
 
-def test_bad_input_is_named():
-    model = zoo.DifferentiablePHATE(zoo.DifferentiablePHATEConfig(knn=5))
-    features = np.random.default_rng(5).random((20, 4)).astype(np.float32)
-    features[3, 1] = np.nan
-    with pytest.raises(ValueError, match="NaN"):
-        model.fit_transform(features, key=jax.random.key(0))
-    with pytest.raises(ValueError, match="knn=5 needs more than 5 cells"):
-        model.fit_transform(np.ones((5, 4), np.float32), key=jax.random.key(0))
+def test_a_graph_of_other_cells_is_refused(tree):
+    """`__call__` refuses a graph built on other cells: another count (also under jit), the
+    same count of other cells, or the same cells in another order; it accepts the graph's
+    own features, also after a float64 round trip."""
+    points = np.asarray(tree[::4, :20], np.float32)  # 200 points
+    model = zoo.DifferentiablePHATE(
+        zoo.DifferentiablePHATEConfig(n_pca=None, n_landmark=None, mds="classic")
+    )
+    graph = model.graph(points[:100], key=jax.random.key(0))
+    assert model(jnp.asarray(points[:100]), graph).shape == (100, 2)
+    recomputed = jnp.asarray(points[:100].astype(np.float64) * 3.0 / 3.0, jnp.float32)
+    assert model(recomputed, graph).shape == (100, 2)
+    with pytest.raises(ValueError, match=r"graph was built on 100 cells x 20 features, got 150"):
+        model(jnp.asarray(points[:150]), graph)
+    with pytest.raises(ValueError, match=r"graph was built on 100 cells x 20 features, got 150"):
+        eqx.filter_jit(model)(jnp.asarray(points[:150]), graph)
+    with pytest.raises(ValueError, match="graph was built on other features"):
+        model(jnp.asarray(points[100:]), graph)
+    reordered = points[:100][np.random.default_rng(6).permutation(100)]
+    with pytest.raises(ValueError, match="graph was built on other features"):
+        model(jnp.asarray(reordered), graph)
+
+
+def _anndata(features):
+    return anndata.AnnData(X=features, obsm={"X_pca": features})
+
+
+FEATURES = np.random.default_rng(5).random((20, 4)).astype(np.float32)
+# (name, call on a knn=5 model, error type, message)
+BAD_INPUTS = [
+    ("nan", lambda m: m.fit_transform(_put(FEATURES, np.nan), key=KEY), ValueError, "NaN"),
+    ("inf", lambda m: m.fit_transform(_put(FEATURES, np.inf), key=KEY), ValueError, "infinite"),
+    ("nan graph", lambda m: m.graph(_put(FEATURES, np.nan), key=KEY), ValueError, "NaN"),
+    (
+        "nan call",
+        lambda m: m(jnp.asarray(_put(FEATURES, np.nan)), m.graph(FEATURES, key=KEY)),
+        ValueError,
+        "features contain NaN",
+    ),
+    (
+        "few cells",
+        lambda m: m.fit_transform(FEATURES[:5], key=KEY),
+        ValueError,
+        "knn=5 needs more than 5 cells, but there are 5",
+    ),
+    (
+        "no cells",
+        lambda m: m.fit_transform(FEATURES[:0], key=KEY),
+        ValueError,
+        "there are 0",
+    ),
+    (
+        "no features",
+        lambda m: m.fit_transform(FEATURES[:, :0], key=KEY),
+        ValueError,
+        "features must have at least one column",
+    ),
+    ("1-D", lambda m: m.fit_transform(FEATURES[0], key=KEY), ValueError, "features must be 2-D"),
+    (
+        "text",
+        lambda m: m.fit_transform(FEATURES.astype(str), key=KEY),
+        ValueError,
+        "features must be real numbers, got dtype <U",
+    ),
+    (
+        "complex",
+        lambda m: m.fit_transform(FEATURES + 0j, key=KEY),
+        ValueError,
+        "features must be real numbers, got dtype complex",
+    ),
+    (
+        "layer and use_rep",
+        lambda m: m.fit_transform(_anndata(FEATURES), layer="x", use_rep="X_pca", key=KEY),
+        ValueError,
+        "at most one of layer and use_rep",
+    ),
+    (
+        "use_rep",
+        lambda m: m.fit_transform(_anndata(FEATURES), use_rep="X_umap", key=KEY),
+        KeyError,
+        "X_umap",
+    ),
+    (
+        "layer",
+        lambda m: m.fit_transform(_anndata(FEATURES), layer="counts", key=KEY),
+        KeyError,
+        "layer 'counts'",
+    ),
+    (
+        "use_rep of an array",
+        lambda m: m.fit_transform(FEATURES, use_rep="X_pca", key=KEY),
+        ValueError,
+        "AnnData input only",
+    ),
+]
+KEY = jax.random.key(0)
+
+
+def _put(features, value):
+    bad = features.copy()
+    bad[3, 1] = value
+    return bad
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"), [c[1:] for c in BAD_INPUTS], ids=[c[0] for c in BAD_INPUTS]
+)
+def test_bad_input_is_named(call, error, message):
+    model = zoo.DifferentiablePHATE(
+        zoo.DifferentiablePHATEConfig(knn=5, n_landmark=None, mds="classic")
+    )
+    with pytest.raises(error, match=message):
+        call(model)
+
+
+def test_config_is_validated():
     with pytest.raises(ConfigError, match="gamma"):
         zoo.DifferentiablePHATEConfig(gamma=2.0)
     with pytest.raises(ConfigError, match="mds"):
