@@ -1,10 +1,31 @@
-"""Exact Euclidean k-nearest neighbours, computed in blocks of query rows.
+"""Euclidean k-nearest neighbours: exact in blocks of query rows, or approximate with
+pynndescent for many points.
 
-Each block of ``block_size`` queries is compared with every reference point through
-``|q|^2 + |r|^2 - 2 q.r`` (one matrix product), the ``k`` smallest are kept with
+Exact search: each block of ``block_size`` queries is compared with every reference point
+through ``|q|^2 + |r|^2 - 2 q.r`` (one matrix product), the ``k`` smallest are kept with
 `jax.lax.top_k`, and their distances are then recomputed directly as ``|q - r|`` so they
 carry no cancellation error. Peak memory is ``block_size x n_reference``: the full
-``N x N`` distance matrix is never formed.
+``N x N`` distance matrix is never formed, but the work is ``N^2`` distances.
+
+Approximate search (`knn` only): above `APPROXIMATE_ABOVE` points, ``method="auto"`` uses
+nearest-neighbour descent (Dong, Moses & Li, 2011, WWW) as implemented by pynndescent,
+umap-learn's own choice, with umap-learn's settings (``n_trees = min(64, 5 +
+round(sqrt(N) / 20))``, ``n_iters = max(5, round(log2 N))``, 60 candidates) except that it
+finds `SEARCH_WIDTH_FACTOR` times as many neighbours as are kept: on the mouse 10k cells (50
+principal components, 15 neighbours) that lifts the recall of the exact neighbours from
+0.925 to 0.993 for about the same time. It is kept as a library rather than written here: it
+is umap-learn's dependency, and both tools then search alike. pynndescent is imported only
+when used (it loads numba). With a fixed ``seed`` its result is deterministic.
+
+The threshold was measured on 2 CPU cores shared with other work (so only ratios within a
+run mean anything), 50 principal components of the mouse 10k cells (resampled with noise
+beyond 10,000), 15 neighbours; seconds, exact vs approximate: 10,000 points 3.2 vs 7.0;
+20,000: 18.9 vs 12.7; 40,000: 51.7 vs 26.3; 80,000: 411 vs 79. pynndescent's numba
+compilation, paid once per process, took 139 s in the first run and 238 s in the last. So
+approximate search is faster from about 15,000 points once compiled, and from about 70,000
+to 90,000 counting the compilation; `APPROXIMATE_ABOVE` is 75,000 so that a single fit
+never pays more than it saves. On a GPU the exact search is much faster (not measured here);
+``method="exact"`` keeps it at any size.
 
 Two entry points:
 
@@ -12,8 +33,10 @@ Two entry points:
   ``include_self=True`` (umap-learn's and graphtools' convention) column 0 is the point
   itself at distance 0 and the other ``k - 1`` columns are its nearest other points; with
   ``include_self=False`` all ``k`` columns are other points. A point is never confused with
-  an exact duplicate of itself: self is identified by index, not by distance.
-- `knn_query(queries, reference, k)`: neighbours of new points among reference points.
+  an exact duplicate of itself: self is identified by index, not by distance. Both methods
+  follow these conventions.
+- `knn_query(queries, reference, k)`: neighbours of new points among reference points
+  (exact).
 
 Rows of the outputs are sorted by increasing distance.
 """
@@ -28,6 +51,9 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 DEFAULT_BLOCK_SIZE = 512
+APPROXIMATE_ABOVE = 75_000  # points; see the module docstring
+KNN_METHODS = ("auto", "exact", "approximate")
+SEARCH_WIDTH_FACTOR = 2  # approximate search: neighbours found per neighbour kept
 
 
 def knn(
@@ -36,6 +62,8 @@ def knn(
     *,
     include_self: bool = False,
     block_size: int = DEFAULT_BLOCK_SIZE,
+    method: str = "auto",
+    seed: int = 0,
 ) -> tuple[Float[Array, "n k"], Int[Array, "n k"]]:
     """The ``k`` nearest neighbours of each row of `x` among the rows of `x`.
 
@@ -43,14 +71,21 @@ def knn(
         x: points, one per row (float; NaN or infinite values are refused).
         k: neighbours per point, counting the point itself when `include_self`.
         include_self: put each point first in its own row, at distance 0.
-        block_size: query rows compared at once (memory ``block_size x n``).
+        block_size: query rows compared at once by the exact search (memory
+            ``block_size x n``).
+        method: ``"exact"``, ``"approximate"`` (pynndescent), or ``"auto"``: approximate
+            when there are more than `APPROXIMATE_ABOVE` points, else exact.
+        seed: random state of the approximate search (the same seed gives the same result).
 
     Returns:
         ``(distances, indices)``, each ``(n, k)``, sorted by increasing distance.
 
     Raises:
-        ValueError: for NaN/inf in `x`, or `k` too large for the number of points.
+        ValueError: for NaN/inf in `x`, `k` too large for the number of points, or an
+            unknown `method`.
     """
+    if method not in KNN_METHODS:
+        raise ValueError(f"knn method must be one of {KNN_METHODS}, got {method!r}")
     x = _check_points(x, "x")
     n = x.shape[0]
     available = n if include_self else n - 1
@@ -60,7 +95,10 @@ def knn(
             + ("" if include_self else " (excluding the point itself)")
         )
     n_other = k - 1 if include_self else k
-    distances, indices = _blocked(x, x, n_other, block_size, exclude_self=True)
+    if method == "approximate" or (method == "auto" and n > APPROXIMATE_ABOVE):
+        distances, indices = _descent(np.asarray(x), n_other, seed)
+    else:
+        distances, indices = _blocked(x, x, n_other, block_size, exclude_self=True)
     if include_self:
         self_index = jnp.arange(n, dtype=indices.dtype)[:, None]
         indices = jnp.concatenate([self_index, indices], axis=1)
@@ -101,6 +139,36 @@ def _check_points(x, name: str) -> jax.Array:
     if not bool(jnp.all(jnp.isfinite(x))):
         raise ValueError(f"{name} contains NaN or infinite values")
     return x
+
+
+def _descent(x: np.ndarray, k: int, seed: int) -> tuple[jax.Array, jax.Array]:
+    """The ``k`` nearest *other* points of each row by pynndescent (module docstring)."""
+    from pynndescent import NNDescent
+
+    n = x.shape[0]
+    width = min(n, SEARCH_WIDTH_FACTOR * (k + 1))
+    search = NNDescent(
+        x,
+        metric="euclidean",
+        n_neighbors=width,
+        n_trees=min(64, 5 + round(np.sqrt(n) / 20.0)),
+        n_iters=max(5, round(np.log2(n))),
+        max_candidates=60,
+        random_state=seed,
+    )
+    indices, distances = search.neighbor_graph
+    if np.any(indices < 0):
+        raise RuntimeError(
+            f"approximate search found fewer than {width} neighbours for some of the {n} "
+            'points; use method="exact"'
+        )
+    # self usually comes first; move it (or, if absent, the farthest found) out of the row
+    is_self = indices == np.arange(n)[:, None]
+    order = np.argsort(np.where(is_self, np.inf, distances), axis=1, kind="stable")[:, :k]
+    return (
+        jnp.asarray(np.take_along_axis(distances, order, 1), dtype=jnp.float32),
+        jnp.asarray(np.take_along_axis(indices, order, 1), dtype=jnp.int32),
+    )
 
 
 def _blocked(

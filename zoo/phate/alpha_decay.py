@@ -71,7 +71,7 @@ def kernel_pattern(
     n = points.shape[0]
     width = min(SEARCH_MULTIPLIER * (knn + 1), n)
     distances, indices = (
-        np.asarray(a) for a in nearest_neighbours(points, width, include_self=True)
+        np.asarray(a) for a in nearest_neighbours(points, width, include_self=True, method="exact")
     )
     bandwidth = np.maximum(distances[:, knn], np.finfo(np.float32).eps)
     radius = bandwidth * decay_radius(decay, threshold)

@@ -6,8 +6,10 @@ An MLP ``f`` maps a cell's features ``x`` to ``y = f((x - mean) / scale)`` in
 ``n_components`` dimensions, ``scale`` being the root mean squared distance of the training
 cells to their mean (one number, stored per feature). `DifferentiableUMAP.fit`:
 
-1. finds the exact ``n_neighbors`` nearest neighbours of every cell (`zoo.common.knn`) and builds
-   the symmetric fuzzy graph with weights ``w_ij`` (`zoo.umap.graph`);
+1. finds the ``n_neighbors`` nearest neighbours of every cell (`zoo.common.knn`: exact, or
+   approximate by pynndescent above ``zoo.common.knn.APPROXIMATE_ABOVE`` cells, as umap-learn
+   switches for large data) and builds the symmetric fuzzy graph with weights ``w_ij``
+   (`zoo.umap.graph`);
 2. trains ``f`` on UMAP's cross-entropy with negative sampling, by Adam on minibatches of
    edges drawn in proportion to ``w_ij`` (`zoo.umap.training`), with the similarity
    ``q(d) = 1 / (1 + a d^(2b))`` whose ``a, b`` are fitted to ``min_dist`` and ``spread``.
@@ -151,6 +153,7 @@ class DifferentiableUMAP(eqx.Module):
         obsm: str | None = None,
         key_added: str = "X_umap",
         progress: bool = True,
+        knn_method: str = "auto",
     ) -> tuple[DifferentiableUMAP, np.ndarray]:
         """Fit the encoder to `data` and embed its cells (steps 1-3 of the module docstring).
 
@@ -158,16 +161,19 @@ class DifferentiableUMAP(eqx.Module):
             data: an AnnData (features from ``X``, ``layers[layer]`` or ``obsm[obsm]``) or a
                 (cells, n_features) array. For an AnnData the embedding is also written to
                 ``adata.obsm[key_added]``.
-            key: randomness of the minibatches and negative samples.
+            key: randomness of the minibatches, the negative samples and, if used, the
+                approximate neighbour search.
             progress: show a progress bar.
+            knn_method: ``"auto"``, ``"exact"`` or ``"approximate"`` neighbour search (see
+                `zoo.common.knn.knn`).
 
         Returns:
             ``(fitted model, embedding of shape (cells, n_components))``; the embedding is
             the encoder's output, refined as free coordinates if ``free_coordinate_steps``.
 
         Raises:
-            ValueError: for NaN features, a wrong feature count, or fewer cells than
-                ``n_neighbors``.
+            ValueError: for NaN features, a wrong feature count, fewer cells than
+                ``n_neighbors``, or an unknown `knn_method`.
         """
         x = self._features(data, layer, obsm)
         if x.shape[0] < self.config.n_neighbors:
@@ -175,7 +181,7 @@ class DifferentiableUMAP(eqx.Module):
                 f"n_neighbors={self.config.n_neighbors} is larger than the number of cells "
                 f"({x.shape[0]})"
             )
-        graph = self.graph(x)
+        graph = self.graph(x, knn_method=knn_method, seed=_search_seed(key))
         encoder_key, free_key = jax.random.split(key)
         model = self._centred_on(x)._train_encoder(x, graph, key=encoder_key, progress=progress)
         embedding = model.embed(x)
@@ -236,9 +242,19 @@ class DifferentiableUMAP(eqx.Module):
         )
         return refined[: embedding.shape[0]]
 
-    def graph(self, x: Float[np.ndarray, "cells n_features"]) -> UMAPGraph:
-        """UMAP's fuzzy graph of the rows of `x` on their exact nearest neighbours."""
-        distances, indices = knn(x, self.config.n_neighbors, include_self=True)
+    def graph(
+        self,
+        x: Float[np.ndarray, "cells n_features"],
+        *,
+        knn_method: str = "auto",
+        seed: int = 0,
+    ) -> UMAPGraph:
+        """UMAP's fuzzy graph of the rows of `x` on their nearest neighbours, found by
+        `zoo.common.knn.knn` with `knn_method` (``"auto"``, ``"exact"`` or ``"approximate"``)
+        and, for the approximate search, `seed`."""
+        distances, indices = knn(
+            x, self.config.n_neighbors, include_self=True, method=knn_method, seed=seed
+        )
         return fuzzy_graph(
             indices,
             distances,
@@ -272,6 +288,12 @@ class DifferentiableUMAP(eqx.Module):
                 f"the model takes {self.config.n_features} features, the data has {x.shape[1]}"
             )
         return x
+
+
+def _search_seed(key: PRNGKeyArray) -> int:
+    """An integer seed for the approximate neighbour search, derived from `key` by
+    ``fold_in`` so the keys that `fit` splits for training are unchanged."""
+    return int(jax.random.randint(jax.random.fold_in(key, 0), (), 0, 2**31 - 1))
 
 
 def _encode(model: DifferentiableUMAP, x: Array, cells: Array) -> Array:
