@@ -122,7 +122,14 @@ def normalized_expression(
     transform_batch: str | None = None,
 ) -> np.ndarray:
     """``(cells, genes)`` decoded proportions times `target_library`, each cell decoded in
-    its own batch or, if given, in the batch labelled `transform_batch`."""
+    its own batch or, if given, in the batch labelled `transform_batch`.
+
+    Raises:
+        ValueError: for a `target_library` that is not positive, a `transform_batch` the
+            model does not know, or bad counts or batches.
+    """
+    if not (np.isfinite(target_library) and target_library > 0):
+        raise ValueError(f"target_library must be a positive number, got {target_library}")
     counts, batches = _model_input(model, data, layer, batch_key)
     labels = model.config.batch_labels
     if transform_batch is not None and transform_batch not in labels:

@@ -343,6 +343,13 @@ BAD_INPUTS = [
         "transform_batch 'z'",
     ),
     (
+        "target library",
+        lambda d: normalized_expression(
+            d["model"], d["dense"], batch_key=d["labels"], target_library=0.0
+        ),
+        "target_library must be a positive number, got 0.0",
+    ),
+    (
         "batch index of one cell",
         lambda d: d["model"].elbo_terms(jnp.asarray(d["dense"][0]), 2, key=jax.random.key(0)),
         r"batch must lie in \[0, 2\)",
