@@ -8,7 +8,8 @@ they track (``...mu.stack.layers.query.weight``), so the same rules place them.
   and value projections and the first MLP layer are split along their output units (whole
   heads and MLP hidden units per device), the attention output and second MLP layer along
   their input units, so each block needs one reduction after attention and one after the
-  MLP.
+  MLP. The ``model`` axis must divide the number of heads (`check_heads`), or a device
+  would hold part of a head.
 * **FSDP** (``fsdp`` axis, ZeRO-3, Rajbhandari et al., 2020): every parameter and optimizer
   state leaf is additionally split along its largest dimension that is still free and that
   the axis size divides; XLA gathers it where it is used.
@@ -30,6 +31,7 @@ import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from pretraining.mesh import BATCH_AXES
+from zoo.common.transformer import TransformerBlock
 
 TENSOR_PARALLEL_RULES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
     (r"\.stack\.layers\.(query|key|value)\.weight$", (None, "model", None)),
@@ -51,6 +53,18 @@ def rule_path(path: str) -> str:
 
 class ShardingError(ValueError):
     """A parameter cannot be split the way the mesh asks."""
+
+
+def check_heads(n_heads: int, mesh: Mesh) -> None:
+    """Raise `ShardingError` unless the mesh's ``model`` axis divides `n_heads`, so that
+    tensor parallelism gives every device whole attention heads."""
+    model = mesh.shape["model"]
+    if n_heads % model:
+        raise ShardingError(
+            f"n_heads ({n_heads}) is not divisible by the mesh's model axis (model={model}): "
+            "tensor parallelism splits whole heads; choose a model axis that divides "
+            f"{n_heads}"
+        )
 
 
 def partition_spec(path: str, shape: tuple[int, ...], mesh: Mesh) -> PartitionSpec:
@@ -86,7 +100,16 @@ def partition_spec(path: str, shape: tuple[int, ...], mesh: Mesh) -> PartitionSp
 
 def tree_shardings(tree: Any, mesh: Mesh) -> Any:
     """A `NamedSharding` for every array leaf of `tree` (same structure), by
-    `partition_spec`; non-array leaves map to None."""
+    `partition_spec`; non-array leaves map to None.
+
+    Raises:
+        ShardingError: the ``model`` axis does not divide the heads of a `TransformerBlock`
+            in `tree` (`check_heads`) or a dimension that `partition_spec` splits.
+    """
+    blocks = jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, TransformerBlock))
+    for block in blocks:
+        if isinstance(block, TransformerBlock):
+            check_heads(block.n_heads, mesh)
 
     def place(path, leaf):
         if not hasattr(leaf, "shape"):

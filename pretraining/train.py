@@ -30,7 +30,9 @@ from pretraining.dna_data import VALIDATION
 from pretraining.mesh import describe, make_mesh
 from pretraining.model_card import FINAL_TRAINING_LOSS, LOSS_CURVE, card_details, plot_loss_curve
 from pretraining.objectives import summarise
+from pretraining.presets import PRESETS
 from pretraining.run_config import RunConfig
+from pretraining.sharding import check_heads
 from pretraining.state import TrainingCheckpoints, abstract_state
 from pretraining.steps import CompiledSteps, check_batch_size
 from pretraining.tasks import Task, build_task
@@ -123,6 +125,8 @@ class Run:
     Raises:
         RunError: ``out`` holds a checkpoint and `resume` is False, or the checkpoint was
             written with other settings than `run` (``steps`` included).
+        ShardingError: the mesh's ``model`` axis does not divide the preset's heads
+            (raised before the corpus is read or the model built).
     """
 
     def __init__(self, run: RunConfig, out: str | Path, *, mesh: str = "", resume: bool = False):
@@ -130,6 +134,7 @@ class Run:
         self.out = Path(out)
         # settings first, then the data, then compilation: a mistake costs no compute
         self.mesh = make_mesh(mesh)
+        check_heads(PRESETS[run.preset].transformer.n_heads, self.mesh)
         check_batch_size(run.batch_size, self.mesh, run.optimizer.accumulate_steps)
         self.task: Task = build_task(run)  # every data error surfaces here, before compute
         self.steps = CompiledSteps(
