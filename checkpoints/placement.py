@@ -8,27 +8,18 @@ out of the memory-mapped file, no host ever holds a full copy of a split array, 
 larger than one device still loads. The library copies into fresh memory, so the model
 never aliases (and cannot be changed through) the file.
 
-Kept by hand: on CPU devices each piece is copied once more, into memory aligned to 64
-bytes. JAX reads every device's piece before it builds the array, and XLA's CPU client
-adopts aligned host buffers as they are but copies others; the library's arrays are only
-16-byte aligned, so without this step all pieces and their copies are alive at once, and
-the staging overhead of loading the benchmark model onto a 2 x 2 mesh is 2.0 x its largest
-array instead of 1.0 x (`benchmarks.checkpoint`). Other devices copy to device memory
-anyway, so there the pieces go as the library returns them.
+Each piece arrives in fresh memory aligned to 64 bytes, which XLA's CPU client adopts as
+its buffer without another copy.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import jax
-import numpy as np
 
 from checkpoints.safetensors_format import StoredTensor
 from checkpoints.tree_keys import named_leaves
-
-ALIGNMENT = 64  # bytes; XLA's CPU client adopts host buffers aligned this way
 
 
 def is_sharding(leaf: Any) -> bool:
@@ -55,23 +46,6 @@ def shardings_by_key(shardings: Any, keys: list[str]) -> dict[str, jax.sharding.
     return found
 
 
-def aligned(piece: np.ndarray) -> np.ndarray:
-    """A copy of `piece` in fresh memory aligned to 64 bytes, which a CPU device adopts as
-    its buffer without copying it again."""
-    raw = np.empty(piece.nbytes + ALIGNMENT, np.uint8)
-    start = -raw.ctypes.data % ALIGNMENT
-    out = raw[start : start + piece.nbytes].view(piece.dtype).reshape(piece.shape)
-    np.copyto(out, piece)
-    return out
-
-
-def piece_reader(tensor: StoredTensor, sharding: jax.sharding.Sharding) -> Callable:
-    """The callback giving `jax.make_array_from_callback` one device's piece of `tensor`."""
-    if all(device.platform == "cpu" for device in sharding.device_set):
-        return lambda index: aligned(tensor.read(index))
-    return tensor.read
-
-
 def place(
     tensors: dict[str, StoredTensor], shardings: dict[str, jax.sharding.Sharding] | None
 ) -> dict[str, jax.Array]:
@@ -80,8 +54,6 @@ def place(
     if shardings is None:
         return {key: jax.device_put(tensor.read()) for key, tensor in tensors.items()}
     return {
-        key: jax.make_array_from_callback(
-            tensor.shape, shardings[key], piece_reader(tensor, shardings[key])
-        )
+        key: jax.make_array_from_callback(tensor.shape, shardings[key], tensor.read)
         for key, tensor in tensors.items()
     }
