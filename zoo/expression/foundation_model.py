@@ -12,6 +12,10 @@ expression loss is the mean squared error over the masked positions. The cell em
 the ``[CLS]`` state or the mean state of the real, unmasked tokens.
 
 Gradients flow from the loss and the embeddings back to the counts through ``v``.
+
+A freshly built model holds an unfitted tokenizer, which refuses to run: give it one fitted
+on the training corpus with `DifferentiableFoundationModel.with_tokenizer`, or load a
+checkpoint, whose tokenizer medians are saved with the weights.
 """
 
 from __future__ import annotations
