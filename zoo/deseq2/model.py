@@ -45,6 +45,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray
 
 from zoo.common.config import Config, require, require_choice, require_positive
 from zoo.common.likelihoods import negative_binomial_log_prob
+from zoo.common.shapes import check_shape
 from zoo.deseq2.cooks import flag_outliers, replicate_cells
 from zoo.deseq2.dispersion import fit_dispersions, initial_dispersions, linear_means
 from zoo.deseq2.dispersion_trend import dispersion_prior, shrunken_dispersions
@@ -370,6 +371,8 @@ class DifferentiableNBGLM(eqx.Module):
         self, design_row: Float[Array, " n_coefficients"], size_factor: Float[ArrayLike, ""] = 1.0
     ) -> Float[Array, " n_genes"]:
         """Expected counts ``s exp(beta x)`` of one sample with design row `x`."""
+        n_coefficients = self.config.n_coefficients
+        check_shape("design_row", design_row, (n_coefficients,), "(n_coefficients,)")
         return size_factor * jnp.exp(self.coefficients @ design_row)
 
     def log_likelihood(

@@ -37,6 +37,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from zoo.common.config import Config, require, require_positive
 from zoo.common.features import is_anndata, read_features
 from zoo.common.knn import knn
+from zoo.common.shapes import check_shape
 from zoo.umap.graph import UMAPGraph, curve_parameters, fuzzy_graph
 from zoo.umap.training import Sampling, minimise_umap_loss, pad_rows, padded_size
 
@@ -142,6 +143,7 @@ class DifferentiableUMAP(eqx.Module):
 
     def __call__(self, features: Float[Array, " n_features"]) -> Float[Array, " n_components"]:
         """The embedding of one cell."""
+        check_shape("features", features, (self.config.n_features,), "(n_features,) for one cell")
         return self.encoder((features - self.feature_mean) / self.feature_scale)
 
     def fit(

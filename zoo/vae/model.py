@@ -51,6 +51,7 @@ from zoo.common.likelihoods import (
     poisson_log_kernel,
     zinb_log_kernel,
 )
+from zoo.common.shapes import check_shape
 
 LIKELIHOODS = ("poisson", "nb", "zinb")
 DISPERSIONS = ("gene", "gene-batch", "gene-cell")
@@ -346,6 +347,7 @@ class VAENormalizer(eqx.Module):
         dropout_key: PRNGKeyArray | None = None,
     ) -> Posterior:
         """``q(z | x, s)`` for one cell; dropout acts only when `dropout_key` is given."""
+        check_shape("counts", counts, (self.config.n_genes,), "(n_genes,) for one cell")
         log_counts = jnp.log1p(counts.astype(jnp.float32))
         return self.encoder(log_counts, self._encoder_covariates(batch), key=dropout_key)
 
