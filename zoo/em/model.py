@@ -24,10 +24,11 @@ Two paths:
   the gradient is that of the fixed point, not of the truncated iteration. This is a
   reverse-mode rule (`jax.custom_vjp`), not `zoo.common.implicit`'s forward rule: JAX cannot
   transpose an iterative solve whose operator depends on the primal values. It is exact only
-  where the EM has converged: the result reports ``relative_change``, the largest relative change of a
-  transcript with more than 0.01 reads in the last update (kallisto's convergence measure);
-  if it is not small, raise ``n_updates``. Transcripts that no read tells apart (same
-  classes, same length) have no defined derivative: ``I - dF/dn`` is singular there.
+  where the EM has converged: the result reports ``relative_change``, the largest relative
+  change of a transcript with more than 0.01 reads in the last update (kallisto's
+  convergence measure); if it is not small, raise ``n_updates``. Transcripts that no read
+  tells apart (same classes, same length) have no defined derivative: ``I - dF/dn`` is
+  singular there.
   The E-step may be tempered: each class shares its reads in proportion to ``(n_t / l_t) **
   (1 / temperature)``, as in deterministic-annealing EM (Ueda & Nakano, Neural Netw. 1998);
   temperature 1 is plain EM; the fixed point is then that of the tempered update.
