@@ -170,8 +170,9 @@ class CompiledSteps:
             (_, sums), grads = grad_fn(params, *micro_batch)
             return jax.tree.map(jnp.add, carry, (grads, sums)), None
 
-        first = jax.tree.map(lambda x: x[0], (micro(batch), micro(keys)))
-        rest = jax.tree.map(lambda x: x[1:], (micro(batch), micro(keys)))
+        micro_batches = jax.tree.map(micro, (batch, keys))
+        first = jax.tree.map(lambda x: x[0], micro_batches)
+        rest = jax.tree.map(lambda x: x[1:], micro_batches)
         (_, sums), grads = grad_fn(params, *first)
         (grads, sums), _ = jax.lax.scan(add, (grads, sums), rest)
         return grads, sums
