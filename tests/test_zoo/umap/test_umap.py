@@ -4,7 +4,8 @@ cells, each as 50 principal components of log-normalised counts (the full mouse 
 is in ``benchmarks/umap.py``).
 
 Tolerances: the exact kNN equals scikit-learn's; sigma and rho within 1e-3 relative of
-umap-learn's ``smooth_knn_dist`` on the same neighbours, the graph weights within 1e-4;
+umap-learn's ``smooth_knn_dist`` on the same neighbours, the graph weights within 1e-4 (and
+the graph on approximate, pynndescent neighbours within 2% of the exact one's total weight);
 ``a, b`` within 1e-6 of ``find_ab_params``; trustworthiness (k = 15) not below umap-learn's
 by more than 0.02; 2-D kNN cell-type accuracy on pbmc3k not below by more than 0.03.
 """
@@ -32,6 +33,7 @@ from zoo.umap.graph import curve_parameters, fuzzy_graph, smooth_knn_dist
 
 TRUST_TOLERANCE = 0.02
 ACCURACY_TOLERANCE = 0.03
+APPROXIMATE_GRAPH_TOLERANCE = 0.02
 
 
 def principal_components(adata: anndata.AnnData, n: int = 50) -> np.ndarray:
@@ -120,6 +122,21 @@ def test_graph_matches_umap_learn(pbmc, pbmc_neighbours):
         )
         assert ours.nnz == reference.nnz
         assert abs(ours - reference.tocsr()).max() < 1e-4
+
+
+def test_graph_on_approximate_neighbours_is_close_to_exact(pbmc):
+    """pynndescent's neighbours (forced; `auto` would search exactly at this size) change
+    less than 2% of the graph's total weight."""
+    x = pbmc.obsm["X_pca"]
+    model = zoo.DifferentiableUMAP(zoo.DifferentiableUMAPConfig(), key=jax.random.key(0))
+    graphs = [model.graph(x, knn_method=method) for method in ("exact", "approximate")]
+    exact, approximate = (
+        scipy.sparse.csr_matrix((g.weights, (g.heads, g.tails)), shape=(len(x), len(x)))
+        for g in graphs
+    )
+    assert abs(approximate - exact).sum() / exact.sum() < APPROXIMATE_GRAPH_TOLERANCE
+    with pytest.raises(ValueError, match="knn method must be one of"):
+        model.fit(x, key=jax.random.key(1), knn_method="annoy")
 
 
 @pytest.mark.parametrize(("min_dist", "spread"), [(0.1, 1.0), (0.5, 1.0), (0.25, 2.0)])
