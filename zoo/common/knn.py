@@ -23,9 +23,9 @@ beyond 10,000), 15 neighbours; seconds, exact vs approximate: 10,000 points 3.2 
 20,000: 18.9 vs 12.7; 40,000: 51.7 vs 26.3; 80,000: 411 vs 79. pynndescent's numba
 compilation, paid once per process, took 139 s in the first run and 238 s in the last. So
 approximate search is faster from about 15,000 points once compiled, and from about 70,000
-to 90,000 counting the compilation; `APPROXIMATE_ABOVE` is 75,000 so that a single fit
-never pays more than it saves. On a GPU the exact search is much faster (not measured here);
-``method="exact"`` keeps it at any size.
+to 90,000 counting the compilation; `APPROXIMATE_ABOVE` is 75,000, so that ``"auto"``
+switches only where the approximate search is faster even in a fresh process. On a GPU the
+exact search is much faster (not measured here); ``method="exact"`` keeps it at any size.
 
 Two entry points:
 
@@ -44,6 +44,7 @@ Rows of the outputs are sorted by increasing distance.
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -151,8 +152,8 @@ def _descent(x: np.ndarray, k: int, seed: int) -> tuple[jax.Array, jax.Array]:
         x,
         metric="euclidean",
         n_neighbors=width,
-        n_trees=min(64, 5 + round(np.sqrt(n) / 20.0)),
-        n_iters=max(5, round(np.log2(n))),
+        n_trees=min(64, 5 + round(math.sqrt(n) / 20.0)),
+        n_iters=max(5, round(math.log2(n))),
         max_candidates=60,
         random_state=seed,
     )
