@@ -1,10 +1,13 @@
 """Runs of the command line in subprocesses: two JAX processes (gloo collectives, two CPU
-devices each) follow the single-process loss trajectory, and a run killed with SIGKILL and
-restarted with ``--resume`` continues with bit-equal losses."""
+devices each) follow the single-process loss trajectory and resume their own checkpoint
+bit-equal, and a run killed with SIGKILL and restarted with ``--resume`` continues with
+bit-equal losses."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -49,27 +52,38 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_follow_the_single_process_losses(tmp_path):
+def worker(argv: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        argv, cwd=ROOT, env=environment(JAX_NUM_CPU_DEVICES="2"), text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
+def test_two_processes_follow_the_single_process_losses_and_resume(tmp_path):
     run(command(tmp_path / "single", 4, "--save-every", "0"))
-    coordinator = f"127.0.0.1:{free_port()}"
+    multi = tmp_path / "multi"
 
-    def worker(index: int) -> subprocess.Popen:
-        processes = ["--coordinator", coordinator, "--num-processes", "2"]
-        argv = command(tmp_path / "multi", 4, "--save-every", "0", "--mesh", "data=2,fsdp=2")
-        return subprocess.Popen(
-            [*argv, *processes, "--process-id", str(index)],
-            cwd=ROOT, env=environment(JAX_NUM_CPU_DEVICES="2"), text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )  # fmt: skip
+    def two_processes(*extra: str) -> None:
+        coordinator = ["--coordinator", f"127.0.0.1:{free_port()}", "--num-processes", "2"]
+        argv = command(multi, 4, "--save-every", "2", "--mesh", "data=2,fsdp=2", *extra)
+        workers = [worker([*argv, *coordinator, "--process-id", str(index)]) for index in range(2)]
+        for process in workers:
+            _, err = process.communicate(timeout=600)
+            assert process.returncode == 0, err[-4000:]
 
-    for process in [worker(0), worker(1)]:
-        _, err = process.communicate(timeout=600)
-        assert process.returncode == 0, err[-4000:]
-    single, multi = losses(tmp_path / "single"), losses(tmp_path / "multi")
-    assert sorted(multi) == [1, 2, 3, 4]
+    two_processes()
+    single, first = losses(tmp_path / "single"), losses(multi)
+    assert sorted(first) == [1, 2, 3, 4]
     # float32 sums over 4 devices in another order: equal to rounding
-    assert [multi[s] for s in multi] == pytest.approx([single[s] for s in multi], rel=1e-5)
-    assert (tmp_path / "multi" / "model" / "model.safetensors").is_file()
+    assert [first[s] for s in first] == pytest.approx([single[s] for s in first], rel=1e-5)
+    assert (multi / "model" / "model.safetensors").is_file()
+
+    # as if killed after the step-2 checkpoint: both processes restore their shards of it
+    shutil.rmtree(multi / "checkpoints" / "4")
+    two_processes("--resume")
+    logged = [json.loads(line) for line in (multi / METRICS_FILE).read_text().splitlines()]
+    assert [r["step"] for r in logged if r["kind"] == "train"] == [1, 2, 3, 4, 3, 4]
+    assert losses(multi) == first  # steps 3 and 4 again, bit-equal
 
 
 def test_killed_run_resumes_bit_equal(tmp_path):
