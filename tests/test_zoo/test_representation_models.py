@@ -22,9 +22,14 @@ SMALL_TRANSFORMER = zoo.TransformerConfig(dim=32, n_layers=2, n_heads=4, mlp_dim
 class Case:
     """How to build one model, feed it a batch and reduce its output to a scalar."""
 
-    build: Callable[[], eqx.Module]
+    build: Callable[[np.ndarray], eqx.Module]  # given real cells to fit a tokenizer on
     batch: Callable[[eqx.Module, list[str], np.ndarray], tuple]
     scalar: Callable[[object], jax.Array]
+
+
+def fitted(model: zoo.DifferentiableFoundationModel, cells: np.ndarray):
+    """`model` with its tokenizer's medians fitted on `cells`."""
+    return model.with_tokenizer(model.tokenizer.fit(cells))
 
 
 def dna_onehot(model, dna, cells):
@@ -42,7 +47,7 @@ def cell_counts(model, dna, cells):
 
 CASES = {
     "SequenceEmbedding": Case(
-        lambda: zoo.SequenceEmbedding(
+        lambda cells: zoo.SequenceEmbedding(
             zoo.SequenceEmbeddingConfig(hidden_channels=16, embedding_dim=8, dropout=0.2),
             key=jax.random.key(0),
         ),
@@ -50,7 +55,7 @@ CASES = {
         lambda out: (out.pooled**2).sum(),
     ),
     "TransformerSequenceEncoder": Case(
-        lambda: zoo.TransformerSequenceEncoder(
+        lambda cells: zoo.TransformerSequenceEncoder(
             zoo.TransformerSequenceEncoderConfig(
                 transformer=SMALL_TRANSFORMER, kmer=3, max_len=256
             ),
@@ -60,12 +65,15 @@ CASES = {
         lambda out: (out.pooled**2).sum() + out.hidden.mean(),
     ),
     "DifferentiableFoundationModel": Case(
-        lambda: zoo.DifferentiableFoundationModel(
-            zoo.DifferentiableFoundationModelConfig(
-                tokenizer=zoo.GeneTokenizerConfig(n_genes=2000, max_tokens=64),
-                transformer=SMALL_TRANSFORMER,
+        lambda cells: fitted(
+            zoo.DifferentiableFoundationModel(
+                zoo.DifferentiableFoundationModelConfig(
+                    tokenizer=zoo.GeneTokenizerConfig(n_genes=2000, max_tokens=64),
+                    transformer=SMALL_TRANSFORMER,
+                ),
+                key=jax.random.key(0),
             ),
-            key=jax.random.key(0),
+            cells,
         ),
         cell_counts,
         lambda out: zoo.masked_expression_loss(out) + (out.cell_embedding**2).sum(),
@@ -84,7 +92,7 @@ def case(request):
 
 
 def test_jit_matches_eager_and_vmap_matches_a_loop(case, real_dna, real_cells):
-    model = case.build()
+    model = case.build(real_cells)
     batch = case.batch(model, real_dna, real_cells)
     key = jax.random.key(1)
     eager = run_batch(model, batch, key)
@@ -99,7 +107,7 @@ def test_jit_matches_eager_and_vmap_matches_a_loop(case, real_dna, real_cells):
 
 
 def test_gradients_are_finite_and_nonzero(case, real_dna, real_cells):
-    model = case.build()
+    model = case.build(real_cells)
     batch = case.batch(model, real_dna, real_cells)
 
     def loss(m):
@@ -112,7 +120,7 @@ def test_gradients_are_finite_and_nonzero(case, real_dna, real_cells):
 
 
 def test_determinism_and_dropout_only_in_training(case, real_dna, real_cells):
-    model = case.build()
+    model = case.build(real_cells)
     batch = case.batch(model, real_dna, real_cells)
     first = run_batch(model, batch, jax.random.key(3))
     again = run_batch(model, batch, jax.random.key(3))
@@ -151,10 +159,13 @@ def test_default_configs_build_and_run(real_dna, real_cells):
     ids, mask = encoder.tokenizer(real_dna[:2])
     out = jax.vmap(encoder)(jnp.asarray(ids), jnp.asarray(mask))
     assert out.hidden.shape == (2, 201, 64) and out.pooled.shape == (2, 64)
-    tokenizer = zoo.GeneTokenizer(zoo.GeneTokenizerConfig(), key=key)
+    tokenizer = zoo.GeneTokenizer(zoo.GeneTokenizerConfig(), key=key).fit(real_cells)
     assert tokenizer(jnp.asarray(real_cells[0])).ids.shape == (256,)
     model = eqx.nn.inference_mode(
-        zoo.DifferentiableFoundationModel(zoo.DifferentiableFoundationModelConfig(), key=key)
+        fitted(
+            zoo.DifferentiableFoundationModel(zoo.DifferentiableFoundationModelConfig(), key=key),
+            real_cells,
+        )
     )
     assert model(jnp.asarray(real_cells[0])).cell_embedding.shape == (64,)
 
