@@ -7,7 +7,11 @@ its code on first use) and our fit is run once to compile (reported as ``compile
 Reported: fit wall times, trustworthiness (k = 15, scikit-learn), 5-fold 2-D kNN (k = 15)
 cell-type accuracy on pbmc3k, and the time to embed 1,000 new pbmc3k cells with a model
 fitted on the other 1,638 (with the held-out cells' kNN label accuracy against the training
-embedding). A figure of both pbmc3k embeddings goes to ``benchmarks/figures/umap_pbmc3k.png``.
+embedding), and, on the mouse cells, the time of the exact and of the approximate
+(pynndescent) 15-nearest-neighbour search with the recall of the approximate one against
+scikit-learn's exact neighbours (pynndescent's numba compilation is excluded, as
+``compile_s`` is). A figure of both pbmc3k embeddings goes to
+``benchmarks/figures/umap_pbmc3k.png``.
 The last line printed is a JSON object.
 """
 
@@ -24,10 +28,11 @@ import numpy as np
 import scanpy as sc
 from sklearn.manifold import trustworthiness
 from sklearn.model_selection import cross_val_score
-from sklearn.neighbors import KNeighborsClassifier
+from sklearn.neighbors import KNeighborsClassifier, NearestNeighbors
 from umap import UMAP
 
 from zoo import DifferentiableUMAP, DifferentiableUMAPConfig
+from zoo.common.knn import knn
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -72,6 +77,23 @@ def accuracy(embedding: np.ndarray, labels: np.ndarray) -> float:
 def held_out_accuracy(train, train_labels, new, new_labels) -> float:
     classifier = KNeighborsClassifier(15).fit(train, train_labels)
     return round(float(classifier.score(new, new_labels)), 4)
+
+
+def neighbour_search(x: np.ndarray) -> dict:
+    """Exact vs approximate kNN (k = 15, self included) on `x`: seconds and recall."""
+    knn(x[:500], 15, include_self=True, method="approximate")  # numba compiles on first use
+    knn(x, 15, include_self=True, method="exact")  # JAX compiles for this shape
+    exact_s, _ = timed(lambda: jax.block_until_ready(knn(x, 15, include_self=True, method="exact")))
+    approximate_s, (_, found) = timed(
+        lambda: jax.block_until_ready(knn(x, 15, include_self=True, method="approximate"))
+    )
+    _, truth = NearestNeighbors(n_neighbors=15).fit(x).kneighbors(x)
+    recall = np.mean(np.any(np.asarray(found)[:, :, None] == truth[:, None, :], axis=2))
+    return {
+        "mouse_10k_knn_exact_s": round(exact_s, 3),
+        "mouse_10k_knn_approximate_s": round(approximate_s, 3),
+        "mouse_10k_knn_recall_at_15": round(float(recall), 4),
+    }
 
 
 def figure(ours: np.ndarray, peer: np.ndarray, labels: np.ndarray) -> None:
@@ -150,6 +172,7 @@ def main() -> None:
         "mouse_10k_trustworthiness_ours": trust(mouse, mouse_ours),
         "mouse_10k_trustworthiness_peer": trust(mouse, mouse_peer.embedding_),
     }
+    results |= neighbour_search(mouse)
     print(json.dumps(results))
 
 
