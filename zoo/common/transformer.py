@@ -154,17 +154,18 @@ class TransformerBlock(eqx.Module):
     ) -> Float[Array, "seq_len dim"]:
         """Multi-head scaled dot-product attention (`zoo.common.attention.attention`); positions
         where `mask` is False are never attended to. The query, key and value projections
-        run as one matrix product over their concatenated weights, with ``1 / sqrt(head_dim)``
-        folded into the query's."""
+        run as one matrix product over their weights stacked on a new leading axis, with
+        ``1 / sqrt(head_dim)`` folded into the query's. Stacking, not concatenating, keeps
+        each projection's output (head) axis whole, so a tensor-parallel shard of the heads
+        holds the same heads of all three and the product needs no gathered weight."""
         seq_len, dim = x.shape
         head_dim = dim // self.n_heads
-        scale = 1.0 / math.sqrt(head_dim)
+        scale = jnp.array([1.0 / math.sqrt(head_dim), 1.0, 1.0])
         projections = (self.query, self.key, self.value)
-        weight = jnp.concatenate([p.weight for p in projections]).at[:dim].multiply(scale)
-        bias = jnp.concatenate([p.bias for p in projections]).at[:dim].multiply(scale)
-        q, k, v = (
-            (x @ weight.T + bias).reshape(seq_len, 3, self.n_heads, head_dim).transpose(1, 2, 0, 3)
-        )
+        weight = jnp.stack([p.weight for p in projections]) * scale[:, None, None]
+        bias = jnp.stack([p.bias for p in projections]) * scale[:, None]
+        qkv = jnp.einsum("sd,ped->pse", x, weight) + bias[:, None, :]
+        q, k, v = qkv.reshape(3, seq_len, self.n_heads, head_dim).transpose(0, 2, 1, 3)
         attended = attention(q, k, v, mask).transpose(1, 0, 2).reshape(seq_len, dim)
         return dense(self.attention_output, attended)
 
