@@ -98,11 +98,25 @@ class Config:
                 value = nested.from_dict(value)
             elif isinstance(value, list):  # JSON arrays are the configs' tuples
                 value = tuple(value)
+            else:
+                _check_number(cls.__name__, name, hints[name], value)
             kwargs[name] = value
         try:
             return cls(**kwargs)
         except TypeError as error:
             raise ConfigError(f"{cls.__name__}: {error}") from None
+
+
+def _check_number(owner: str, name: str, hint: Any, value: Any) -> None:
+    """Refuse a JSON value of the wrong kind for a numeric field: ``true`` is an int to
+    Python and ``"64"`` would fail later with a less clear message."""
+    allowed = set(typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,))
+    numeric = allowed - {type(None)}
+    if not numeric or not numeric <= {int, float} or (value is None and type(None) in allowed):
+        return
+    if isinstance(value, bool) or not isinstance(value, tuple(numeric)):
+        kind = " or ".join(sorted(t.__name__ for t in numeric))
+        raise ConfigError(f"{owner}.{name} must be {kind}, got {value!r}")
 
 
 def _config_class(hint: Any) -> type[Config] | None:

@@ -50,6 +50,8 @@ def _batch(model: DifferentiableHMM, obs: Batch, mask: BatchMask) -> tuple[Array
     """Validate a batch eagerly and return ``(obs, mask)`` as JAX arrays, padding zeroed."""
     if np.ndim(obs) != 2:
         raise ValueError(f"obs must have shape (batch, T), got {np.shape(obs)}")
+    if np.size(obs) == 0:
+        raise ValueError(f"obs holds no observations (shape {np.shape(obs)})")
     check_observations(
         np.asarray(obs), None if mask is None else np.asarray(mask), model.config.n_symbols
     )

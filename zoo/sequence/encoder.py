@@ -148,7 +148,14 @@ class TransformerSequenceEncoder(eqx.Module):
             raise ValueError(
                 f"tokens has {tokens.shape[1]} columns, but the vocabulary has {weight.shape[0]}"
             )
-        x = weight[tokens] if jnp.issubdtype(tokens.dtype, jnp.integer) else tokens @ weight
+        if jnp.issubdtype(tokens.dtype, jnp.integer):  # a gather would clamp a bad id
+            vocab = weight.shape[0]
+            tokens = eqx.error_if(
+                tokens, (tokens < 0) | (tokens >= vocab), f"tokens must be ids in [0, {vocab})"
+            )
+            x = weight[tokens]
+        else:
+            x = tokens @ weight
         if self.position_embedding is None:
             x = x * x.shape[-1] ** 0.5 + sinusoidal_positions(seq_len, x.shape[-1])
         else:
