@@ -17,15 +17,16 @@ principal components, 15 neighbours) that lifts the recall of the exact neighbou
 is umap-learn's dependency, and both tools then search alike. pynndescent is imported only
 when used (it loads numba). With a fixed ``seed`` its result is deterministic.
 
-The threshold was measured on 2 CPU cores shared with other work (so only ratios within a
-run mean anything), 50 principal components of the mouse 10k cells (resampled with noise
-beyond 10,000), 15 neighbours; seconds, exact vs approximate: 10,000 points 3.2 vs 7.0;
-20,000: 18.9 vs 12.7; 40,000: 51.7 vs 26.3; 80,000: 411 vs 79. pynndescent's numba
-compilation, paid once per process, took 139 s in the first run and 238 s in the last. So
-approximate search is faster from about 15,000 points once compiled, and from about 70,000
-to 90,000 counting the compilation; `APPROXIMATE_ABOVE` is 75,000, so that ``"auto"``
-switches only where the approximate search is faster even in a fresh process. On a GPU the
-exact search is much faster (not measured here); ``method="exact"`` keeps it at any size.
+The threshold was measured on 2 CPU cores, 50 principal components of the mouse 10k cells
+(resampled with noise beyond 10,000), 15 neighbours. Seconds, exact vs approximate, on a
+quiet machine: 10,000 points 1.8 vs 2.7; 20,000: 3.3 vs 4.3; 40,000: 8.7 vs 3.5; 80,000:
+64.7 vs 10.0, with pynndescent's numba compilation (paid once per process) 36 s; on the same
+cores heavily shared, 20,000: 18.9 vs 12.7; 40,000: 51.7 vs 26.3; 80,000: 411 vs 79, with
+compilation 139-238 s. So approximate search is faster from 15,000-40,000 points once
+compiled, and from about 70,000 counting the compilation; `APPROXIMATE_ABOVE` is 75,000, so
+that ``"auto"`` switches only where the approximate search is faster even in a fresh
+process. On a GPU the exact search is much faster (not measured here); ``method="exact"``
+keeps it at any size.
 
 Two entry points:
 
