@@ -68,7 +68,8 @@ def save_pretrained(
         CheckpointError: `genes` does not have one gene per input column of the model.
     """
     architecture = architecture_of(model)
-    n_genes = getattr(getattr(model.config, "tokenizer", None), "n_genes", None)
+    expression_config = getattr(model.config, "backbone", model.config)  # a TaskModel's backbone
+    n_genes = getattr(getattr(expression_config, "tokenizer", None), "n_genes", None)
     if genes is not None and len(genes) != n_genes:
         raise CheckpointError(
             f"genes lists {len(genes):,} genes for a {architecture} that reads "

@@ -23,6 +23,7 @@ from finetuning.inference import backbone_of, embed_batches, load_model, output_
 from finetuning.user_data import Columns, UserDataError, data_suffix
 from finetuning.user_inputs import ReadOptions, describe, input_batches, is_cells, read_inputs
 from finetuning.user_labels import class_labels, regression_targets
+from zoo.expression.gene_vocabulary import MIN_FRACTION
 
 
 def read_options(
@@ -34,6 +35,7 @@ def read_options(
     layer: str | None = None,
     label_key: str | None = None,
     truncate: bool = False,
+    min_gene_fraction: float = MIN_FRACTION,
 ) -> ReadOptions:
     """Where the inputs, labels and splits are.
 
@@ -43,9 +45,11 @@ def read_options(
         layer: the AnnData layer of raw counts (None: ``X``).
         label_key: the ``obs`` column of cell labels.
         truncate: cut sequences longer than the model takes instead of refusing them.
+        min_gene_fraction: the least fraction of an expression model's genes the cells must
+            hold (they are matched by gene ID or symbol; missing genes are zero-filled).
     """
     columns = Columns(sequence_column, label_column, name_column, split_column)
-    return ReadOptions(columns, layer, label_key, truncate)
+    return ReadOptions(columns, layer, label_key, truncate, min_gene_fraction=min_gene_fraction)
 
 
 def embed(
@@ -79,9 +83,9 @@ def embed(
     Returns:
         ``(n, dim)`` pooled embeddings, or a list of ``(n_tokens_i, dim)`` arrays per token.
     """
-    loaded, provenance = load_model(model)
+    loaded, provenance, genes = load_model(model)
     backbone = backbone_of(loaded)
-    read = read_options(**options).without_labels()
+    read = dataclasses.replace(read_options(**options).without_labels(), genes=genes)
     source = _source(data, backbone)
     names, parts = [], []
     batches = input_batches(source, backbone, read, batch_size)
@@ -142,13 +146,12 @@ def finetune(
     from finetuning.user_task import user_task
 
     config = config or FineTuneConfig()
-    loaded, provenance = load_model(base, inference=False)  # dropout on while training
+    loaded, provenance, genes = load_model(base, inference=False)  # dropout on while training
     backbone = backbone_of(loaded)
     base_model = provenance.get("repo_id") or provenance["model"]
     sources = [None if d is None else _source(d, backbone) for d in (train, validation, test)]
-    made = user_task(
-        backbone, *sources, options=read_options(**options), target=target, seed=config.seed
-    )
+    read = dataclasses.replace(read_options(**options), genes=genes)
+    made = user_task(backbone, *sources, options=read, target=target, seed=config.seed)
     result, folder = run_fine_tune(
         made.task,
         backbone,
@@ -159,6 +162,7 @@ def finetune(
         checkpoints=checkpoints,
         resume=resume,
         progress=progress,
+        genes=genes,
     )
     write_splits(folder, made.splits["id"].to_numpy(), made.splits["split"].to_numpy())
     return result, folder
@@ -191,10 +195,10 @@ def predict(
     """
     from finetuning.result_files import prediction_table, write_cells_copy, write_table
 
-    loaded, provenance = load_model(model)
+    loaded, provenance, genes = load_model(model)
     backbone = backbone_of(loaded)
     source = _source(data, backbone)
-    read = read_options(**options).without_labels()
+    read = dataclasses.replace(read_options(**options).without_labels(), genes=genes)
     batches = input_batches(source, backbone, read, batch_size)
     names, parts = [], []
     for batch, outputs in output_batches(
@@ -245,10 +249,11 @@ def evaluate(
     from finetuning.metrics import classification_report, confusion_matrix, plot_confusion_matrix
     from finetuning.regression_metrics import plot_scatter, regression_report
 
-    loaded, _ = load_model(model)
+    loaded, _, genes = load_model(model)
     backbone = backbone_of(loaded)
     source = _source(data, backbone)
-    examples = read_inputs(source, backbone, read_options(**options))
+    read = dataclasses.replace(read_options(**options), genes=genes)
+    examples = read_inputs(source, backbone, read)
     if examples.labels is None:
         key = "--label-key" if is_cells(backbone) else "--label-column"
         raise UserDataError(f"{describe(data)}: no labels read; name their column with {key}")

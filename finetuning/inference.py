@@ -26,14 +26,17 @@ from finetuning.train import backbone_inputs
 from finetuning.user_inputs import InputBatch
 from pretraining.mesh import batch_shards, make_mesh
 from pretraining.sharding import batch_sharding, replicated
+from zoo.expression.gene_vocabulary import GeneVocabulary
 from zoo.sequence.encoder import TransformerSequenceEncoder
 from zoo.task.model import TaskModel, backbone_embedding
 
 LENGTH_BUCKET = 64
 
 
-def load_model(model: Any, *, inference: bool = True) -> tuple[eqx.Module, dict[str, Any]]:
-    """The model (in inference mode unless `inference` is False) and its provenance.
+def load_model(
+    model: Any, *, inference: bool = True
+) -> tuple[eqx.Module, dict[str, Any], GeneVocabulary | None]:
+    """The model (in inference mode unless `inference` is False), its provenance and its genes.
 
     Args:
         model: a checkpoint reference (folder, catalog name, ``org/name@rev``) or a loaded
@@ -41,9 +44,10 @@ def load_model(model: Any, *, inference: bool = True) -> tuple[eqx.Module, dict[
         inference: switch dropout off.
 
     Returns:
-        ``(model, provenance)``; provenance holds ``model`` (the reference), ``source``,
-        ``repo_id``, ``revision``, ``commit`` (the resolved commit SHA, when from the Hub)
-        and ``sha256`` (verified file digests, for catalog checkpoints).
+        ``(model, provenance, genes)``; provenance holds ``model`` (the reference),
+        ``source``, ``repo_id``, ``revision``, ``commit`` (the resolved commit SHA, when from
+        the Hub) and ``sha256`` (verified file digests, for catalog checkpoints); genes is
+        the gene vocabulary of an expression checkpoint (``genes.tsv``), else None.
     """
     if isinstance(model, (str, os.PathLike)):
         import checkpoints
@@ -57,10 +61,11 @@ def load_model(model: Any, *, inference: bool = True) -> tuple[eqx.Module, dict[
             "commit": found.commit,
             "sha256": dict(found.sha256),
         }
+        genes = checkpoints.read_genes(found.folder)
     else:
-        loaded = model
+        loaded, genes = model, None
         provenance = {"model": f"in-memory {type(model).__name__}", "source": "python"}
-    return eqx.nn.inference_mode(loaded, value=inference), provenance
+    return eqx.nn.inference_mode(loaded, value=inference), provenance, genes
 
 
 def backbone_of(model: eqx.Module) -> eqx.Module:

@@ -8,6 +8,9 @@
    simulated CPU devices with FSDP (``data=4,fsdp=2``), killed with SIGKILL once its
    first checkpoint is written, then finished by the same command plus ``--resume``.
 4. Save the resumed run's model and load it back with `zoo.from_pretrained`.
+5. The user's own file: the test peaks written as a labelled TSV, as a user would bring
+   them, and the fine-tuned model evaluated on it (``biozoo evaluate``'s function), which
+   must reproduce the fine-tune's own test figures.
 
 It ends with a summary table.
 """
@@ -39,8 +42,9 @@ class Row:
     seconds: float
 
 
-def fine_tune_both(out: Path, steps: int) -> list[Row]:
-    """Steps 1 and 2: the pretrained encoder and a from-scratch twin, fine-tuned alike."""
+def fine_tune_both(out: Path, steps: int) -> tuple[list[Row], Path]:
+    """Steps 1 and 2: the pretrained encoder and a from-scratch twin, fine-tuned alike; the
+    rows and the folder of the fine-tuned pretrained encoder."""
     import checkpoints
     from finetuning.backbones import same_architecture_from_scratch
     from finetuning.run import run_fine_tune
@@ -60,12 +64,13 @@ def fine_tune_both(out: Path, steps: int) -> list[Row]:
     config = FineTuneConfig(
         strategy="full", max_steps=steps, eval_every=max(steps // 4, 1), batch_size=32
     )
+    folders = {}
     for name, model in (
         ("pretrained", backbone),
         ("from scratch", same_architecture_from_scratch(backbone)),
     ):
         start = time.perf_counter()
-        result, _ = run_fine_tune(
+        result, folder = run_fine_tune(
             task,
             model,
             config,
@@ -74,7 +79,27 @@ def fine_tune_both(out: Path, steps: int) -> list[Row]:
         )
         figures = f"test accuracy {result.test['accuracy']:.3f}, MCC {result.test['mcc']:.3f}"
         rows.append(Row(f"fine-tune TF binding ({name})", figures, time.perf_counter() - start))
-    return rows
+        folders[name] = folder
+    return rows, folders["pretrained"]
+
+
+def evaluate_on_a_file(model: Path, out: Path) -> list[Row]:
+    """Step 5: the fine-tuned model evaluated on the test peaks written as a user's TSV."""
+    import pandas as pd
+
+    from finetuning.api import evaluate
+    from finetuning.tasks import tf_binding
+
+    start = time.perf_counter()
+    test = tf_binding().test
+    classes = ("Oct4", "MafK")
+    path = out / "my_peaks.tsv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pd.DataFrame({"sequence": test.inputs, "label": [classes[i] for i in test.labels]})
+    table.to_csv(path, sep="\t", index=False)
+    report = evaluate(model, path, out=out / "evaluation" / "metrics.tsv", progress=False)
+    figures = f"{path.name}: accuracy {report['accuracy']:.3f}, MCC {report['mcc']:.3f}"
+    return [Row("evaluate on a user's TSV", figures, time.perf_counter() - start)]
 
 
 def pretrain_with_resume(out: Path, steps: int) -> list[Row]:
@@ -155,7 +180,9 @@ def _last_validation(out: Path) -> float:
 def run_main_job(out: Path, *, fine_tune_steps: int = 200, pretrain_steps: int = 40) -> list[Row]:
     """Run every step (into a fresh `out`); return the summary rows."""
     shutil.rmtree(out, ignore_errors=True)
+    rows, fine_tuned = fine_tune_both(out / "finetune", fine_tune_steps)
     return [
-        *fine_tune_both(out / "finetune", fine_tune_steps),
+        *rows,
         *pretrain_with_resume(out / "pretrain", pretrain_steps),
+        *evaluate_on_a_file(fine_tuned, out / "own-file"),
     ]

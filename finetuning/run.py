@@ -16,6 +16,7 @@ from finetuning.regression_metrics import plot_scatter
 from finetuning.tasks import Task
 from finetuning.train import FineTuneConfig, FineTuneResult, fine_tune
 from pretraining.state import TrainingCheckpoints
+from zoo.expression.gene_vocabulary import GeneVocabulary
 from zoo.registry import architecture_of
 from zoo.task.model import BACKBONES, TaskModel, TaskModelConfig
 
@@ -48,11 +49,17 @@ def task_model(task: Task, backbone, *, head_dropout: float = 0.1, seed: int = 0
 
 
 def save_result(
-    result: FineTuneResult, task: Task, config: FineTuneConfig, out: Path, *, base_model: str | None
+    result: FineTuneResult,
+    task: Task,
+    config: FineTuneConfig,
+    out: Path,
+    *,
+    base_model: str | None,
+    genes: GeneVocabulary | None = None,
 ) -> Path:
-    """Save the fine-tuned model with a card (base model, metrics) and its test confusion
-    matrix (``confusion_matrix.png``) or, for regression, its test scatter plot
-    (``scatter.png``)."""
+    """Save the fine-tuned model with a card (base model, metrics), its gene vocabulary
+    (`genes`, for an expression backbone) and its test confusion matrix
+    (``confusion_matrix.png``) or, for regression, its test scatter plot (``scatter.png``)."""
     from checkpoints import save_pretrained
 
     evaluation = tuple(
@@ -81,7 +88,7 @@ def save_result(
         evaluation=evaluation,
         limitations="Fine-tuned on one small public data set; check it on yours before use.",
     )
-    folder = save_pretrained(result.model, out, card=details)
+    folder = save_pretrained(result.model, out, card=details, genes=genes)
     title = f"{task.name} (test)"
     if result.confusion is not None:
         plot_confusion_matrix(
@@ -105,10 +112,11 @@ def run_fine_tune(
     mesh: Mesh | None = None,
     checkpoints: TrainingCheckpoints | None = None,
     resume: bool = False,
+    genes: GeneVocabulary | None = None,
 ) -> tuple[FineTuneResult, Path]:
     """Fine-tune `backbone` on `task` (on `mesh`, saving training state to `checkpoints`,
     resuming from it with `resume`: see `finetuning.train.fine_tune`), save the result to
-    `out`, return both."""
+    `out` (with `genes`, an expression backbone's gene vocabulary), return both."""
     result = fine_tune(
         task_model(task, backbone, seed=config.seed),
         task,
@@ -118,4 +126,4 @@ def run_fine_tune(
         resume=resume,
         progress=progress,
     )
-    return result, save_result(result, task, config, out, base_model=base_model)
+    return result, save_result(result, task, config, out, base_model=base_model, genes=genes)

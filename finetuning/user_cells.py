@@ -9,6 +9,7 @@ file and the cell, gene or column, as `finetuning.user_data.UserDataError`.
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,12 @@ import scipy.sparse as sp
 
 from finetuning.user_data import UserDataError
 from zoo.expression.foundation_model import DifferentiableFoundationModel
+from zoo.expression.gene_vocabulary import (
+    MIN_FRACTION,
+    GeneMatch,
+    GeneMatchError,
+    GeneVocabulary,
+)
 
 
 def read_cells(path: str | os.PathLike) -> anndata.AnnData:
@@ -48,38 +55,71 @@ def cell_counts_for(
     adata: anndata.AnnData,
     layer: str | None,
     source: str = "the AnnData",
+    *,
+    genes: GeneVocabulary | None = None,
+    min_gene_fraction: float = MIN_FRACTION,
 ):
     """The cells x genes counts of `adata` that `model` reads, in the model's gene order.
 
-    For now the file must hold exactly the model's genes, in its order: this is the one
-    place that decides which columns the model reads.
+    With the model's gene vocabulary (`genes`), the file's genes are lined up with
+    it by ID or symbol (`zoo.expression.gene_vocabulary.GeneVocabulary.match`), a report of
+    the match is printed to standard error, and missing genes read as zeros. Without one,
+    the file must hold exactly the model's genes, in its order.
 
     Args:
-        model: the foundation model (or its tokenizer's gene count decides).
+        model: the foundation model (its tokenizer's gene count and medians are used).
         adata: the cells.
         layer: the layer holding raw counts (None: ``X``).
         source: the file name used in errors.
+        genes: the model's gene vocabulary (``genes.tsv``), if it has one.
+        min_gene_fraction: the least fraction of `genes` the file must hold.
 
     Returns:
-        A row-sliceable matrix (dense, sparse or backed) of shape ``(n_cells, n_genes)``.
+        A row-sliceable matrix of shape ``(n_cells, n_genes)``: the file's own (dense, sparse
+        or backed) when it holds exactly the model's genes, else a `MatchedCounts`.
 
     Raises:
-        UserDataError: the layer is missing, gene names repeat, or the gene count differs
-            from the model's.
+        UserDataError: the layer is missing, gene names repeat, too few genes match, or the
+            gene count differs from the model's.
     """
     if layer is not None and layer not in adata.layers:
         layers = ", ".join(adata.layers) or "none"
         raise UserDataError(f"{source}: no layer {layer!r}; the layers are: {layers}")
+    counts = adata.X if layer is None else adata.layers[layer]
+    n_genes = model.config.tokenizer.n_genes
+    if genes is not None:
+        medians = np.asarray(model.tokenizer.gene_medians)
+        try:
+            match = genes.match(adata.var, min_fraction=min_gene_fraction, expression=medians)
+        except GeneMatchError as error:
+            raise UserDataError(f"{source}: {error}") from None
+        if match.missing:  # worth a word; a full match is the quiet case
+            print(f"{source}: {match.report()}", file=sys.stderr)
+        if match.n_matched == n_genes and np.array_equal(match.columns, np.arange(n_genes)):
+            return counts
+        return MatchedCounts(counts, match)
     duplicated = adata.var_names[adata.var_names.duplicated()]
     if len(duplicated):
         raise UserDataError(f"{source}: gene {duplicated[0]!r} appears more than once in var_names")
-    n_genes = model.config.tokenizer.n_genes
     if adata.n_vars != n_genes:
         raise UserDataError(
-            f"{source}: the file has {adata.n_vars} genes but the model reads {n_genes}; the "
-            "file must carry exactly the model's genes, in its order"
+            f"{source}: the file has {adata.n_vars} genes but the model reads {n_genes} and "
+            "carries no gene list (genes.tsv) to match them by name; give the cells exactly "
+            "the model's genes, in its order"
         )
-    return adata.X if layer is None else adata.layers[layer]
+    return counts
+
+
+class MatchedCounts:
+    """A user's count matrix seen through a `GeneMatch`: slicing rows gives those cells'
+    counts over the model's genes (dense float32, zeros for missing genes), reading only the
+    matched columns of those rows."""
+
+    def __init__(self, counts, match: GeneMatch):
+        self.counts, self.match = counts, match
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        return self.match.counts(self.counts[rows])
 
 
 def checked_counts(block, first_cell: int, cell_names, source: str, what: str) -> np.ndarray:
@@ -126,21 +166,16 @@ def count_batches(
     layer: str | None,
     source: str,
     batch_size: int = 256,
+    **matching,
 ) -> Iterator[np.ndarray]:
-    """The checked counts (`checked_counts`) of `adata`'s cells, `batch_size` at a time."""
-    counts = cell_counts_for(model, adata, layer, source)
+    """The checked counts (`checked_counts`) of `adata`'s cells over the model's genes
+    (`cell_counts_for`, which takes the `matching` keywords), `batch_size` at a time."""
+    counts = cell_counts_for(model, adata, layer, source, **matching)
     what = "X" if layer is None else f"layer {layer!r}"
     names = adata.obs_names
     for start in range(0, adata.n_obs, batch_size):
         block = counts[start : start + batch_size]
         yield checked_counts(block, start, names, source, what)
-
-
-def all_counts(
-    model: DifferentiableFoundationModel, adata: anndata.AnnData, layer: str | None, source: str
-) -> np.ndarray:
-    """Every cell's checked counts, dense float32 (``n_cells x n_genes``)."""
-    return np.concatenate(list(count_batches(model, adata, layer, source)))
 
 
 def obs_column(adata: anndata.AnnData, key: str, source: str) -> np.ndarray:

@@ -31,6 +31,7 @@ from finetuning.user_data import (
     table_records,
 )
 from zoo.expression.foundation_model import DifferentiableFoundationModel
+from zoo.expression.gene_vocabulary import MIN_FRACTION, GeneVocabulary
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,12 +44,18 @@ class ReadOptions:
         layer: the AnnData layer holding raw counts (None: ``X``).
         label_key: the ``obs`` column of cell labels (None: no labels).
         truncate: cut sequences longer than the model takes instead of refusing them.
+        genes: the model's gene vocabulary; cells are then lined up with it by gene ID or
+            symbol (`zoo.expression.gene_vocabulary`). None: the cells must carry exactly
+            the model's genes, in its order.
+        min_gene_fraction: the least fraction of the vocabulary the cells must hold.
     """
 
     columns: Columns = dataclasses.field(default_factory=Columns)
     layer: str | None = None
     label_key: str | None = None
     truncate: bool = False
+    genes: GeneVocabulary | None = None
+    min_gene_fraction: float = MIN_FRACTION
 
     def without_labels(self) -> ReadOptions:
         """The same options with no label column read."""
@@ -167,7 +174,15 @@ def _cell_batches(
     split_key = options.columns.split
     splits = obs_column(adata, split_key, source) if split_key in adata.obs.columns else None
     names = adata.obs_names.to_numpy(str)
-    counts = count_batches(backbone, adata, options.layer, source, batch_size)
+    counts = count_batches(
+        backbone,
+        adata,
+        options.layer,
+        source,
+        batch_size,
+        genes=options.genes,
+        min_gene_fraction=options.min_gene_fraction,
+    )
     for start, block in zip(range(0, adata.n_obs, batch_size), counts, strict=True):
         part = slice(start, start + batch_size)
         yield InputBatch(

@@ -15,6 +15,7 @@ from sklearn import metrics
 
 import checkpoints
 import finetuning
+from checkpoints.catalog import CATALOG
 from finetuning.cli import main
 from finetuning.regression_metrics import regression_report
 from finetuning.train import FineTuneConfig
@@ -106,13 +107,20 @@ def test_dna_tsv_embed_finetune_predict_evaluate(dna_table):
 
 @pytest.fixture(scope="module")
 def cells_file(tmp_path_factory):
-    n_genes = checkpoints.from_pretrained("fm-pbmc3k-tiny").config.tokenizer.n_genes
+    """Cells over the model's genes, written in another order and case than the model's
+    ``genes.tsv`` and without 100 of them, so the file is read through gene matching;
+    `counts` are the same cells in the model's gene order, zeros for the missing genes."""
+    genes = checkpoints.read_genes(CATALOG["fm-pbmc3k-tiny"].shipped_folder()).symbols
+    n_genes = len(genes)
     rng = np.random.default_rng(1)
     counts = rng.poisson(0.5, (24, n_genes)).astype(np.float32)
     counts[:12, :50] += rng.poisson(5.0, (12, 50))  # type A cells express the first genes
-    adata = anndata.AnnData(np.zeros_like(counts), layers={"counts": counts})
+    kept = rng.permutation(n_genes)[: n_genes - 100]
+    counts[:, np.setdiff1d(np.arange(n_genes), kept)] = 0
+    in_file = counts[:, kept]
+    adata = anndata.AnnData(np.zeros_like(in_file), layers={"counts": in_file})
     adata.obs_names = [f"cell{i}" for i in range(24)]
-    adata.var_names = [f"gene{i}" for i in range(n_genes)]
+    adata.var_names = [genes[i].lower() for i in kept]
     adata.obs["kind"] = ["A"] * 12 + ["B"] * 12
     path = tmp_path_factory.mktemp("cells") / "cells.h5ad"
     adata.write_h5ad(path)
@@ -131,11 +139,13 @@ def test_h5ad_embed_finetune_predict_evaluate(cells_file):
     embedded = anndata.read_h5ad(copy)
     assert embedded.obsm["X_biozoo"].shape == (24, 64)
     assert embedded.uns["biozoo"]["model"] == "fm-pbmc3k-tiny"
-    np.testing.assert_array_equal(embedded.layers["counts"], counts)  # the rest is copied
+    original = anndata.read_h5ad(path)
+    np.testing.assert_array_equal(embedded.layers["counts"], original.layers["counts"])
     model = eqx.nn.inference_mode(checkpoints.from_pretrained("fm-pbmc3k-tiny"))
-    no_mask = np.zeros(model.config.tokenizer.max_tokens, bool)
-    expected = model(jnp.asarray(counts[0]), expression_mask=jnp.asarray(no_mask)).cell_embedding
-    np.testing.assert_allclose(embedded.obsm["X_biozoo"][0], expected, atol=1e-5)
+    no_mask = jnp.zeros(model.config.tokenizer.max_tokens, bool)
+    for cell in (0, 12):  # the model sees the cells in its own gene order
+        expected = model(jnp.asarray(counts[cell]), expression_mask=no_mask).cell_embedding
+        np.testing.assert_allclose(embedded.obsm["X_biozoo"][cell], expected, atol=1e-5)
 
     out = folder / "model"
     assert (
@@ -154,6 +164,9 @@ def test_h5ad_embed_finetune_predict_evaluate(cells_file):
         )
         == 0
     )
+    assert checkpoints.read_genes(out) == checkpoints.read_genes(
+        CATALOG["fm-pbmc3k-tiny"].shipped_folder()
+    )  # the fine-tuned model keeps its genes, so predict matches the file's again
     splits = pd.read_csv(out / "splits.tsv", sep="\t")
     test_ids = splits.loc[splits["split"] == "test", "id"]
     kinds = pd.Series(["A"] * 12 + ["B"] * 12, index=[f"cell{i}" for i in range(24)])

@@ -6,9 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from checkpoints import read_genes
+from checkpoints.catalog import CATALOG
 from finetuning.cli import main
 
-N_GENES = 2000  # the published fm-pbmc3k-tiny's gene count
+# the published fm-pbmc3k-tiny's genes (symbols), which user cells are matched to
+GENES = list(read_genes(CATALOG["fm-pbmc3k-tiny"].shipped_folder()).symbols)
+N_GENES = len(GENES)
 
 
 def write_table(path, frame):
@@ -18,7 +22,7 @@ def write_table(path, frame):
 
 def write_cells(path, counts, genes=None):
     adata = anndata.AnnData(np.asarray(counts, np.float32))
-    adata.var_names = genes if genes is not None else [f"g{i}" for i in range(counts.shape[1])]
+    adata.var_names = genes if genes is not None else GENES[: counts.shape[1]]
     adata.obs["cell_type"] = ["a", "b"] * (counts.shape[0] // 2)
     adata.write_h5ad(path)
     return path
@@ -93,10 +97,8 @@ CASES = {
         "x.h5ad: X row 2 (cell '1'), column 1: a negative count, -2",
     ),
     "duplicated genes": (
-        lambda tmp: cells_command(
-            tmp, good_counts(), ["g0", *(f"g{i}" for i in range(N_GENES - 1))]
-        ),
-        "x.h5ad: gene 'g0' appears more than once",
+        lambda tmp: cells_command(tmp, good_counts(), [GENES[0], *GENES[: N_GENES - 1]]),
+        f"x.h5ad: gene {GENES[0]!r} appears twice in the data's var_names",
     ),
     "cell with zero counts": (
         lambda tmp: cells_command(tmp, np.vstack([good_counts()[:3], np.zeros((1, N_GENES))])),
@@ -104,7 +106,7 @@ CASES = {
     ),
     "other genes than the model's": (
         lambda tmp: cells_command(tmp, good_counts()[:, :100]),
-        "x.h5ad: the file has 100 genes but the model reads 2000",
+        "x.h5ad: only 100 of 2,000 model genes (5.0%) are in the data",
     ),
 }
 
