@@ -57,6 +57,7 @@ def read_keywords(args: argparse.Namespace) -> dict:
         "layer": args.layer,
         "label_key": args.label_key,
         "truncate": args.truncate,
+        "min_gene_fraction": args.min_gene_fraction,
     }
 
 
@@ -72,6 +73,13 @@ def add_read_options(p: argparse.ArgumentParser) -> None:
         "--truncate",
         action="store_true",
         help="cut sequences longer than the model takes (default: refuse them)",
+    )
+    p.add_argument(
+        "--min-gene-fraction",
+        type=float,
+        default=0.5,
+        help="cells are matched to an expression model's genes by ID or symbol; refuse a file "
+        "holding less than this fraction of them (default: %(default)s)",
     )
 
 
