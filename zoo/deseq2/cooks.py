@@ -11,7 +11,10 @@ where ``alpha_r`` is a robust moments dispersion: ``(v - m) / m^2``, at least ``
 over the design's cells with at least three replicates; over all samples if there is none).
 A gene is an outlier when some sample of a cell with at least three replicates has
 ``D_j`` above the 99% quantile of ``F(p, n - p)``, unless at least three samples have more
-counts than the sample of largest ``D_j``; its p-value is then set aside.
+counts than the sample of largest ``D_j``; its p-value is then set aside. After the outlier
+counts of a gene were replaced and the gene refit (`zoo.deseq2.outlier_replacement`), the
+distances of the replaceable samples no longer count, as in DESeq2 (the distances are not
+recomputed).
 """
 
 from __future__ import annotations
@@ -90,22 +93,32 @@ def cooks_distances(
     return (counts - means) ** 2 / variance / n_coefficients * leverage
 
 
+def cooks_cutoff(n_samples: int, n_coefficients: int) -> float:
+    """The 99% quantile of ``F(p, n - p)``, above which a distance marks an outlier."""
+    return float(scipy.stats.f.ppf(0.99, n_coefficients, n_samples - n_coefficients))
+
+
 def cooks_outliers(
     counts: Float[Array, "samples genes"],
     distances: Float[Array, "samples genes"],
     cells: tuple[int, ...],
     cutoff: float,
+    cleared: Bool[Array, "samples genes"] | None = None,
 ) -> Bool[Array, " genes"]:
-    """The genes flagged as count outliers (module docstring)."""
-    eligible = jnp.asarray(cell_sizes(cells) >= 3)
-    flagged = jnp.any(eligible[:, None] & (distances > cutoff), axis=0)
+    """The genes flagged as count outliers (module docstring); `cleared` distances (those
+    of replaced counts) do not flag, though the largest distance still picks the sample the
+    count rule looks at."""
+    eligible = jnp.asarray(cell_sizes(cells) >= 3)[:, None]
+    if cleared is not None:
+        eligible = eligible & ~cleared
+    flagged = jnp.any(eligible & (distances > cutoff), axis=0)
     worst = jnp.argmax(distances, axis=0)
     worst_count = jnp.take_along_axis(counts, worst[None, :], axis=0)
     return flagged & ((counts > worst_count).sum(axis=0) < 3)
 
 
 @functools.partial(jax.jit, static_argnames=("n_coefficients", "cells"))
-def flag_outliers(
+def outlier_distances(
     counts: Float[Array, "samples genes"],
     normed: Float[Array, "samples genes"],
     means: Float[Array, "samples genes"],
@@ -113,13 +126,10 @@ def flag_outliers(
     n_coefficients: int,
     *,
     cells: tuple[int, ...],
-) -> Bool[Array, " genes"]:
-    """Cook's outlier genes of a fit, at the 99% quantile of ``F(p, n - p)``."""
+) -> Float[Array, "samples genes"]:
+    """Cook's distances of a fit at the robust dispersions, without gradients."""
     counts, normed, means, hat_diagonals = jax.lax.stop_gradient(
         (counts, normed, means, hat_diagonals)
     )
-    n = counts.shape[0]
-    cutoff = float(scipy.stats.f.ppf(0.99, n_coefficients, n - n_coefficients))
     dispersion = robust_dispersions(normed, cells)
-    distances = cooks_distances(counts, means, hat_diagonals, dispersion, n_coefficients)
-    return cooks_outliers(counts, distances, cells, cutoff)
+    return cooks_distances(counts, means, hat_diagonals, dispersion, n_coefficients)

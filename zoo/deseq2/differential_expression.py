@@ -11,18 +11,13 @@ float64 and the result has pydeseq2's columns
 
 from __future__ import annotations
 
-import warnings
-
 import jax
 import numpy as np
 import pandas as pd
 
-from zoo.deseq2.cooks import cell_sizes, replicate_cells
 from zoo.deseq2.design import DesignError, design_matrix
 from zoo.deseq2.model import DifferentiableNBGLMConfig, check_counts, fit_expressed
 from zoo.deseq2.wald import wald_test
-
-MIN_REPLICATES_FOR_REPLACE = 7  # DESeq2's minReplicatesForReplace
 
 
 def _aligned(counts: pd.DataFrame, metadata: pd.DataFrame) -> pd.DataFrame:
@@ -49,6 +44,7 @@ def differential_expression(
     *,
     shrink_dispersions: bool = True,
     cooks_filter: bool = True,
+    refit_cooks: bool = True,
     independent_filter: bool = True,
     fdr_level: float = 0.05,
 ) -> pd.DataFrame:
@@ -62,13 +58,17 @@ def differential_expression(
             ``"~C(dex, contr.treatment('trt'))"`` (see `zoo.deseq2.design`).
         contrast: ``(factor, level, reference)``; the fold change is level / reference, at
             the reference levels of the other factors when `factor` is in an interaction.
-        shrink_dispersions, cooks_filter, independent_filter, fdr_level: see
+        shrink_dispersions, cooks_filter, refit_cooks, independent_filter, fdr_level: see
             `zoo.DifferentiableNBGLMConfig`.
 
     Returns:
         A DataFrame indexed by gene with columns ``baseMean`` (mean normalised count),
         ``log2FoldChange``, ``lfcSE``, ``stat``, ``pvalue`` and ``padj``; genes with no
-        count have NaN statistics, genes set aside by the filters NaN ``padj``.
+        count have NaN statistics, genes set aside by the filters NaN ``padj``. Genes
+        refit after outlier replacement report the replaced counts' ``baseMean``.
+
+    Warns:
+        CooksRefitWarning: when outlier counts were replaced (cells of 7 or more samples).
 
     Raises:
         ValueError: negative, non-integer or missing counts, mismatched sample names, a
@@ -84,17 +84,12 @@ def differential_expression(
     metadata = _aligned(counts, metadata)
     model = design_matrix(metadata, design)
     vector = model.contrast(*contrast)
-    if np.any(cell_sizes(replicate_cells(model.matrix)) >= MIN_REPLICATES_FOR_REPLACE):
-        warnings.warn(
-            f"some design cells have {MIN_REPLICATES_FOR_REPLACE} or more replicates: DESeq2 "
-            "would replace their outlier counts and refit, which is not implemented here",
-            stacklevel=2,
-        )
     config = DifferentiableNBGLMConfig(
         n_genes=values.shape[1],
         n_coefficients=model.matrix.shape[1],
         shrink_dispersions=shrink_dispersions,
         cooks_filter=cooks_filter,
+        refit_cooks=refit_cooks,
         independent_filter=independent_filter,
         fdr_level=fdr_level,
     )

@@ -17,7 +17,11 @@ DESeq2's steps, as pydeseq2 does by default:
    under a log-normal prior around it (`zoo.deseq2.dispersion_trend`); genes far above the trend
    keep their gene-wise value;
 4. coefficients ``beta`` by IRLS at the final dispersions (`zoo.deseq2.nb_irls`), their full
-   Fisher-information covariance (`zoo.deseq2.wald`) and Cook's distances (`zoo.deseq2.cooks`).
+   Fisher-information covariance (`zoo.deseq2.wald`) and Cook's distances (`zoo.deseq2.cooks`);
+5. with ``refit_cooks``, when some design cell has ``min_replicates`` (7) or more samples:
+   their outlier counts replaced (`zoo.deseq2.outlier_replacement`, warning with
+   `CooksRefitWarning`) and steps 2-4 rerun on the replaced genes at the same size factors,
+   trend and prior variance, as DESeq2 and pydeseq2 do.
 
 `DifferentiableNBGLM` holds the fitted per-gene quantities, predicts means, scores counts,
 and runs Wald tests with Benjamini-Hochberg adjustment after independent filtering.
@@ -27,8 +31,7 @@ differentiated implicitly (`zoo.common.implicit`), so gradients with respect to 
 those of the optimum and cost the forward pass nothing.
 Agreement with DESeq2 needs float64: `DifferentiableNBGLM.fit` and
 `zoo.differential_expression` compute under ``jax.enable_x64``; for `fit_nbglm` enable it
-yourself. Not implemented: DESeq2's replacement of outlier counts and refit, which only
-applies to cells of 7 or more replicates.
+yourself.
 """
 
 from __future__ import annotations
@@ -46,10 +49,15 @@ from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray
 from zoo.common.config import Config, require, require_choice, require_positive
 from zoo.common.likelihoods import negative_binomial_log_prob
 from zoo.common.shapes import check_shape
-from zoo.deseq2.cooks import flag_outliers, replicate_cells
+from zoo.deseq2.cooks import cooks_cutoff, cooks_outliers, outlier_distances, replicate_cells
 from zoo.deseq2.dispersion import fit_dispersions, initial_dispersions, linear_means
-from zoo.deseq2.dispersion_trend import dispersion_prior, shrunken_dispersions
-from zoo.deseq2.nb_irls import fit_coefficients
+from zoo.deseq2.dispersion_trend import dispersion_prior, shrunken_dispersions, trend_values
+from zoo.deseq2.nb_irls import CoefficientFit, fit_coefficients
+from zoo.deseq2.outlier_replacement import (
+    replace_outliers,
+    replaceable_samples,
+    warn_of_replacement,
+)
 from zoo.deseq2.size_factors import median_of_ratios
 from zoo.deseq2.wald import WaldTest, coefficient_covariance, wald_test
 
@@ -71,6 +79,9 @@ class DifferentiableNBGLMConfig(Config):
         tolerance: IRLS stops when the deviance changes by less than this, relatively.
         max_iterations: cap on the iterations of each solver.
         cooks_filter: set aside the p-values of genes with a Cook's outlier.
+        refit_cooks: replace the outlier counts of samples in cells of at least
+            ``min_replicates`` samples and refit their genes (`zoo.deseq2.outlier_replacement`).
+        min_replicates: the smallest cell whose outlier counts are replaced.
         independent_filter: filter on the mean count before adjusting p-values.
         fdr_level: the false discovery rate independent filtering optimises for.
     """
@@ -86,6 +97,8 @@ class DifferentiableNBGLMConfig(Config):
     tolerance: float = 1e-8
     max_iterations: int = 250
     cooks_filter: bool = True
+    refit_cooks: bool = True
+    min_replicates: int = 7
     independent_filter: bool = True
     fdr_level: float = 0.05
 
@@ -98,6 +111,7 @@ class DifferentiableNBGLMConfig(Config):
             min_dispersion=self.min_dispersion,
             tolerance=self.tolerance,
             max_iterations=self.max_iterations,
+            min_replicates=self.min_replicates,
         )
         require_choice("trend", self.trend, ("parametric", "mean"))
         require(
@@ -123,6 +137,8 @@ class NBGLMFit(NamedTuple):
         covariance: its full Fisher-information covariance.
         means: fitted means ``s exp(X beta)``.
         cooks_outlier: genes with a Cook's outlier (False when the filter is off).
+        refitted: genes refit after their outlier counts were replaced (their dispersions,
+            coefficients, means and ``base_mean`` come from the replaced counts).
         converged: genes whose IRLS met the tolerance.
     """
 
@@ -137,6 +153,7 @@ class NBGLMFit(NamedTuple):
     covariance: Float[Array, "genes coefficients coefficients"]
     means: Float[Array, "samples genes"]
     cooks_outlier: Bool[Array, " genes"]
+    refitted: Bool[Array, " genes"]
     converged: Bool[Array, " genes"]
 
 
@@ -214,8 +231,54 @@ def fit_nbglm(
     }
     solver = {"max_iterations": config.max_iterations, **bounds}
 
-    size_factors, normed, base_mean, genewise, linear = _prepare(
-        counts, design, min_mean=config.min_mean, **bounds
+    size_factors = _size_factors(counts)
+    settings = {"irls": irls, "solver": solver, "cells": cells}
+    base_mean, genewise, prior, dispersions, fit = _estimate(
+        counts, size_factors, design, config, **settings
+    )
+    refitted, cleared = None, None
+    cutoff = cooks_cutoff(n, p)
+    distances = outlier_distances(
+        counts, counts / size_factors[:, None], fit.means, fit.hat_diagonals, p, cells=cells
+    )
+    replaceable = replaceable_samples(cells, config.min_replicates)
+    if config.refit_cooks and replaceable.any():
+        replaced_counts, replaced, _ = replace_outliers(
+            counts, size_factors, distances, jnp.asarray(replaceable), cutoff=cutoff
+        )
+        warn_of_replacement(replaced, config.min_replicates)
+        emptied = replaced & ~jnp.any(replaced_counts > 0, axis=0)
+        refit = _estimate(
+            jnp.where(emptied, counts, replaced_counts),  # keeps the solvers off empty genes
+            size_factors,
+            design,
+            config,
+            prior=prior,
+            **settings,
+        )
+        refitted = replaced & ~emptied
+        base_mean = jnp.where(emptied, 0.0, base_mean)  # reported as untested
+        base_mean, genewise, prior, dispersions, fit = _merge(
+            refitted, (base_mean, genewise, prior, dispersions, fit), refit
+        )
+        cleared = refitted[None, :] & jnp.asarray(replaceable)[:, None]
+    outlier = None
+    if config.cooks_filter:
+        outlier = cooks_outliers(counts, distances, cells, cutoff, cleared)
+    return _assemble(
+        size_factors, base_mean, genewise, prior, dispersions, fit, outlier, refitted, design
+    )
+
+
+def _estimate(counts, size_factors, design, config, *, irls, solver, cells, prior=None):
+    """Steps 2-4 of the module docstring at fixed size factors: ``(base_mean, gene-wise
+    dispersions, prior, dispersions, coefficient fit)``. Given a `prior` (a refit after
+    outlier replacement) its trend and variance are kept, the trend only evaluated at the
+    new base means, as DESeq2 does."""
+    n, p = design.shape
+    bounds = {k: solver[k] for k in ("min_dispersion", "max_dispersion")}
+    base_mean, genewise, linear = _prepare(
+        counts, size_factors, design, min_mean=config.min_mean, **bounds
     )
     no_prior = np.asarray(np.inf, counts.dtype)  # an infinitely wide prior
     for round_ in range(config.dispersion_iterations):
@@ -225,28 +288,58 @@ def fit_nbglm(
             means = fit_coefficients(counts, size_factors, design, genewise, **irls).means
         genewise = fit_dispersions(counts, means, design, genewise, genewise, no_prior, **solver)
 
-    prior = None
     dispersions = genewise
     if config.shrink_dispersions:
-        prior = dispersion_prior(
-            genewise,
-            base_mean,
-            parametric=config.trend == "parametric",
-            min_dispersion=config.min_dispersion,
-            residual_dof=n - p,
-        )
+        if prior is None:
+            prior = dispersion_prior(
+                genewise,
+                base_mean,
+                parametric=config.trend == "parametric",
+                min_dispersion=config.min_dispersion,
+                residual_dof=n - p,
+            )
+        else:
+            prior = prior._replace(trend=_trend_at(prior.coefficients, base_mean))
         posterior = fit_dispersions(
             counts, means, design, prior.trend, prior.trend, prior.variance, **solver
         )
         dispersions = shrunken_dispersions(genewise, posterior, prior)
 
     fit = fit_coefficients(counts, size_factors, design, dispersions, **irls)
-    outlier = None
-    if config.cooks_filter:
-        outlier = flag_outliers(
-            counts, normed, fit.means, fit.hat_diagonals, n_coefficients=p, cells=cells
-        )
-    return _assemble(size_factors, base_mean, genewise, prior, dispersions, fit, outlier, design)
+    return base_mean, genewise, prior, dispersions, fit
+
+
+@jax.jit
+def _trend_at(coefficients, base_mean):
+    """The trend at the counted genes' base means (others get any finite value)."""
+    return trend_values(coefficients, jnp.where(base_mean > 0, base_mean, 1.0))
+
+
+@jax.jit
+def _merge(refitted, first, refit):
+    """The per-gene quantities of `refit` for the `refitted` genes, of `first` elsewhere
+    (the trend's coefficients and the prior variance are shared)."""
+    base_mean, genewise, prior, dispersions, fit = first
+    new_base_mean, new_genewise, new_prior, new_dispersions, new_fit = refit
+
+    def pick(old, new):  # genes are the last axis, or the first for coefficients
+        return jnp.where(refitted, new, old)
+
+    if prior is not None:
+        prior = prior._replace(trend=pick(prior.trend, new_prior.trend))
+    fit = CoefficientFit(
+        jnp.where(refitted[:, None], new_fit.coefficients, fit.coefficients),
+        pick(fit.means, new_fit.means),
+        pick(fit.hat_diagonals, new_fit.hat_diagonals),
+        pick(fit.converged, new_fit.converged),
+    )
+    return (
+        pick(base_mean, new_base_mean),
+        pick(genewise, new_genewise),
+        prior,
+        pick(dispersions, new_dispersions),
+        fit,
+    )
 
 
 def fit_expressed(
@@ -275,22 +368,27 @@ def fit_expressed(
         covariance=widen(fit.covariance, np.nan),
         means=widen(fit.means, np.nan, axis=1),
         cooks_outlier=widen(fit.cooks_outlier, False),
+        refitted=widen(fit.refitted, False),
         converged=widen(fit.converged, False),
     )
 
 
+_size_factors = jax.jit(median_of_ratios)
+
+
 @functools.partial(jax.jit, static_argnames=("min_mean", "min_dispersion", "max_dispersion"))
-def _prepare(counts, design, *, min_mean, min_dispersion, max_dispersion):
-    """Size factors, normalised counts, base means, starting dispersions, linear means."""
-    size_factors = median_of_ratios(counts)
+def _prepare(counts, size_factors, design, *, min_mean, min_dispersion, max_dispersion):
+    """Base means, starting dispersions, linear means."""
     normed = counts / size_factors[:, None]
     start = initial_dispersions(normed, size_factors, design, min_dispersion, max_dispersion)
     linear = linear_means(normed, size_factors, design, min_mean)
-    return size_factors, normed, normed.mean(axis=0), start, linear
+    return normed.mean(axis=0), start, linear
 
 
 @jax.jit
-def _assemble(size_factors, base_mean, genewise, prior, dispersions, fit, outlier, design):
+def _assemble(
+    size_factors, base_mean, genewise, prior, dispersions, fit, outlier, refitted, design
+):
     """The `NBGLMFit`, with NaN for the genes with no count."""
     expressed = base_mean > 0
 
@@ -311,6 +409,7 @@ def _assemble(size_factors, base_mean, genewise, prior, dispersions, fit, outlie
         covariance=per_gene(coefficient_covariance(design, fit.means, dispersions)),
         means=jnp.where(expressed, fit.means, jnp.nan),
         cooks_outlier=expressed & (outlier if outlier is not None else False),
+        refitted=refitted if refitted is not None else jnp.zeros_like(expressed),
         converged=fit.converged & expressed,
     )
 
