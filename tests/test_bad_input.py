@@ -138,7 +138,8 @@ CASES: dict[str, Bad] = {
     "DE fractional count": Bad(de(GOOD_COUNTS + 0.5), r"counts"),
     "DE NaN count": Bad(de(np.where(GOOD_COUNTS > 25, np.nan, GOOD_COUNTS)), r"counts"),
     "DE no gene counted in every sample": Bad(
-        de(GOOD_COUNTS * (np.arange(8) % 2 == 0) * (np.arange(6)[:, None] != 0)), r"zero in some sample"
+        de(GOOD_COUNTS * (np.arange(8) % 2 == 0) * (np.arange(6)[:, None] != 0)),
+        r"zero in some sample",
     ),
     "DE unknown contrast level": Bad(de(contrast=("condition", "c", "a")), r"\bc\b"),
     "DE unknown design column": Bad(de(design="~ batch"), r"batch"),

@@ -39,6 +39,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from zoo.common.config import Config, require, require_choice, require_positive
+from zoo.common.features import is_anndata, select_features
 from zoo.common.pca import pca_scores
 from zoo.phate.alpha_decay import KernelPattern, dense_kernel, kernel_pattern, kernel_values
 from zoo.phate.fingerprint import feature_fingerprint, same_features
@@ -210,10 +211,10 @@ class DifferentiablePHATE(eqx.Module):
         Returns:
             The ``(n_cells, n_components)`` embedding as a NumPy array.
         """
-        features = _features_of(data, layer, use_rep)
+        features = select_features(data, layer=layer, use_rep=use_rep)
         graph, values, operator = self._fit(features, key)
         embedding = np.asarray(_embed_jit(self.config, values, operator, graph))
-        if _is_anndata(data):
+        if is_anndata(data):
             data.obsm[key_added] = embedding
             data.uns["phate"] = {"t": graph.t}
         return embedding
@@ -284,29 +285,6 @@ def diffusion_potential(operator: Float[Array, "n n"], t: int, gamma: float) -> 
     exponent = (1.0 - gamma) / 2.0
     tiny = jnp.finfo(powered.dtype).tiny
     return jnp.exp(exponent * jnp.log(jnp.maximum(powered, tiny))) / exponent
-
-
-def _is_anndata(data) -> bool:
-    return type(data).__name__ == "AnnData" and hasattr(data, "obsm")
-
-
-def _features_of(data, layer: str | None, use_rep: str | None):
-    """The feature matrix of an array or an AnnData (see `fit_transform`)."""
-    if not _is_anndata(data):
-        if layer is not None or use_rep is not None:
-            raise ValueError("layer and use_rep apply to AnnData input only")
-        return data
-    if layer is not None and use_rep is not None:
-        raise ValueError("give at most one of layer and use_rep")
-    if layer is not None:
-        if layer not in data.layers:
-            raise KeyError(f"layer {layer!r} not in adata.layers {sorted(data.layers)}")
-        return data.layers[layer]
-    if use_rep is not None:
-        if use_rep not in data.obsm:
-            raise KeyError(f"use_rep {use_rep!r} not in adata.obsm {sorted(data.obsm)}")
-        return data.obsm[use_rep]
-    return data.X
 
 
 def _check_features(features, knn: int) -> Float[Array, "n_cells n_features"]:

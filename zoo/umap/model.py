@@ -152,7 +152,7 @@ class DifferentiableUMAP(eqx.Module):
         *,
         key: PRNGKeyArray,
         layer: str | None = None,
-        obsm: str | None = None,
+        use_rep: str | None = None,
         key_added: str = "X_umap",
         progress: bool = True,
         knn_method: str = "auto",
@@ -160,7 +160,7 @@ class DifferentiableUMAP(eqx.Module):
         """Fit the encoder to `data` and embed its cells (steps 1-3 of the module docstring).
 
         Args:
-            data: an AnnData (features from ``X``, ``layers[layer]`` or ``obsm[obsm]``) or a
+            data: an AnnData (features from ``X``, ``layers[layer]`` or ``obsm[use_rep]``) or a
                 (cells, n_features) array. For an AnnData the embedding is also written to
                 ``adata.obsm[key_added]``.
             key: randomness of the minibatches, the negative samples and, if used, the
@@ -177,7 +177,7 @@ class DifferentiableUMAP(eqx.Module):
             ValueError: for NaN features, a wrong feature count, fewer cells than
                 ``n_neighbors``, or an unknown `knn_method`.
         """
-        x = self._features(data, layer, obsm)
+        x = self._features(data, layer, use_rep)
         if x.shape[0] < self.config.n_neighbors:
             raise ValueError(
                 f"n_neighbors={self.config.n_neighbors} is larger than the number of cells "
@@ -273,18 +273,18 @@ class DifferentiableUMAP(eqx.Module):
         data,
         *,
         layer: str | None = None,
-        obsm: str | None = None,
+        use_rep: str | None = None,
         key_added: str = "X_umap",
     ) -> np.ndarray:
         """Embed new cells with the fitted encoder; for an AnnData also write
         ``adata.obsm[key_added]``. Raises ValueError for NaN or a wrong feature count."""
-        embedding = np.asarray(self.embed(self._features(data, layer, obsm)))
+        embedding = np.asarray(self.embed(self._features(data, layer, use_rep)))
         if is_anndata(data):
             data.obsm[key_added] = embedding
         return embedding
 
-    def _features(self, data, layer, obsm) -> np.ndarray:
-        x = read_features(data, layer=layer, obsm=obsm)
+    def _features(self, data, layer, use_rep) -> np.ndarray:
+        x = read_features(data, layer=layer, use_rep=use_rep)
         if x.shape[1] != self.config.n_features:
             raise ValueError(
                 f"the model takes {self.config.n_features} features, the data has {x.shape[1]}"

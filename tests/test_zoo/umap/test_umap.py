@@ -169,19 +169,19 @@ def small_config(**changes) -> zoo.DifferentiableUMAPConfig:
 def test_anndata_transform_and_checkpoint(pbmc, tmp_path):
     adata = pbmc[:400].copy()
     model = zoo.DifferentiableUMAP(small_config(free_coordinate_steps=0), key=jax.random.key(0))
-    fitted, embedding = model.fit(adata, obsm="X_pca", key=jax.random.key(1), progress=False)
+    fitted, embedding = model.fit(adata, use_rep="X_pca", key=jax.random.key(1), progress=False)
     assert adata.obsm["X_umap"].shape == (400, 2)
     np.testing.assert_array_equal(adata.obsm["X_umap"], embedding)
     new_cells = pbmc[400:500].copy()
-    fitted.transform(new_cells, obsm="X_pca", key_added="X_umap_new")
+    fitted.transform(new_cells, use_rep="X_pca", key_added="X_umap_new")
     assert new_cells.obsm["X_umap_new"].shape == (100, 2)
-    np.testing.assert_allclose(fitted.transform(adata, obsm="X_pca"), embedding, atol=1e-5)
+    np.testing.assert_allclose(fitted.transform(adata, use_rep="X_pca"), embedding, atol=1e-5)
 
     zoo.save_pretrained(fitted, tmp_path / "umap")
     loaded = zoo.from_pretrained(tmp_path / "umap")
     assert loaded.config == fitted.config and loaded.curve == fitted.curve
     np.testing.assert_array_equal(
-        loaded.transform(new_cells, obsm="X_pca"), new_cells.obsm["X_umap_new"]
+        loaded.transform(new_cells, use_rep="X_pca"), new_cells.obsm["X_umap_new"]
     )
 
 
@@ -210,7 +210,7 @@ def test_bad_input_is_refused_with_a_clear_message(pbmc):
     with pytest.raises(ValueError, match="takes 50 features"):
         model.fit(x[:, 10:30], key=key)
     with pytest.raises(ValueError, match="X_missing"):
-        model.fit(pbmc, obsm="X_missing", key=key)
+        model.fit(pbmc, use_rep="X_missing", key=key)
     with pytest.raises(ValueError, match="k=200"):
         knn(pbmc.obsm["X_pca"][:100], 200)
     with pytest.raises(ConfigError, match="min_dist"):
