@@ -78,7 +78,7 @@ def save_pretrained(
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     arrays = {key: np.asarray(value) for key, value in named_leaves(model, eqx.is_array).items()}
-    metadata = {"format": "np", "architecture": architecture}
+    metadata = {"format": "np"}  # one key: see `checkpoints.safetensors_format.write`
     shards.write(folder, arrays, metadata, max_shard_size)
     config = {
         "format_version": FORMAT_VERSION,

@@ -229,9 +229,20 @@ def write(
     """Write `tensors` and `metadata` to `path` with ``safetensors.numpy.save_file``, which
     writes a temporary file and renames it into place.
 
+    The library writes the metadata map in an order that changes from process to process
+    (a Rust ``HashMap``), so a file with two metadata keys is not byte-reproducible, and a
+    checkpoint's digest or a bit-exact resume would depend on the run. At most one key is
+    therefore allowed.
+
     Raises:
         TypeError: naming a tensor whose dtype is not in `DTYPES`.
+        ValueError: `metadata` has more than one key.
     """
+    if metadata and len(metadata) > 1:
+        raise ValueError(
+            f"safetensors metadata takes one metadata key here (got {sorted(metadata)}): the "
+            "library writes several in a random order, so the file would not be reproducible"
+        )
     arrays = {}
     for name, tensor in tensors.items():
         array = np.asarray(tensor)

@@ -56,7 +56,7 @@ TENSORS = {
     "mask": np.array([True, False, True, True, False]),
     "f16": np.arange(6, dtype=np.float16),
 }
-METADATA = {"format": "np", "note": "fuzz"}
+METADATA = {"format": "np"}
 COUNTER = itertools.count()
 
 
