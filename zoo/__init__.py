@@ -11,6 +11,7 @@ from zoo.common.transformer import TransformerConfig
 from zoo.deseq2.design import DesignError
 from zoo.deseq2.differential_expression import differential_expression
 from zoo.deseq2.model import DifferentiableNBGLM, DifferentiableNBGLMConfig, NBGLMFit, fit_nbglm
+from zoo.deseq2.outlier_replacement import CooksRefitWarning
 from zoo.deseq2.wald import WaldTest
 from zoo.em.effective_lengths import FragmentLengths, effective_lengths
 from zoo.em.equivalence_classes import EquivalenceClasses
@@ -56,6 +57,7 @@ __all__ = [
     "Abundances",
     "Config",
     "ConfigError",
+    "CooksRefitWarning",
     "DesignError",
     "DifferentiableEMQuantifier",
     "DifferentiableEMQuantifierConfig",
