@@ -2,11 +2,10 @@
 
 Without shardings each tensor is read whole and goes to the default device. With
 shardings, every array is built by `jax.make_array_from_callback`: each device's piece is
-read on its own with the safetensors library's ``get_slice`` (see
-`checkpoints.safetensors_format.StoredTensor.read`), so only that slice's bytes are copied
-out of the memory-mapped file, no host ever holds a full copy of a split array, and a model
-larger than one device still loads. The library copies into fresh memory, so the model
-never aliases (and cannot be changed through) the file.
+read on its own (`checkpoints.safetensors_format.StoredTensor.read`), so only that slice's
+bytes are copied out of the memory-mapped file, no host ever holds a full copy of a split
+array, and a model larger than one device still loads. Every piece is copied into fresh
+memory, so the model never aliases (and cannot be changed through) the file.
 
 Each piece arrives in fresh memory aligned to 64 bytes, which XLA's CPU client adopts as
 its buffer without another copy.

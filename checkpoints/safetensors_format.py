@@ -11,9 +11,7 @@ the whole header before any tensor is read: its size, UTF-8 and JSON, known dtyp
 non-negative integer shapes and offsets (booleans, floats and negative numbers are refused),
 offsets that match dtype x shape, tensors that tile the buffer with no gap or overlap, a
 buffer that exactly fills the file (so truncated or padded files fail), and string-only
-metadata. ``get_tensor`` and ``get_slice`` copy the bytes asked for out of the map into
-fresh NumPy arrays, so a loaded model never aliases the file. ``save_file`` writes the
-header and data and renames the file into place.
+metadata. ``save_file`` writes the header and data and renames the file into place.
 
 What stays ours, and why:
 
@@ -27,14 +25,16 @@ What stays ours, and why:
 - **Contiguity.** ``save_file`` copies ``nbytes`` from each array's data pointer, so a
   strided view would be written as the wrong numbers; every array is made contiguous first
   (with ``np.asarray(order="C")``: ``np.ascontiguousarray`` would turn a scalar into shape 1).
-- **How bytes are copied out.** Each read goes through ``get_slice``, in runs of rows of
-  about 4 MiB, into one array we allocate, aligned to 64 bytes. The library returns every
-  read in a fresh ``bytearray``: for the benchmark's largest tensor (67 MB) ``get_tensor``
-  took 0.16-0.20 s on this (shared, loaded) machine, the 4 MiB runs 0.09 s (a copy straight
-  out of the map: 0.02 s). Its 16-byte alignment also made XLA's CPU client copy every
-  piece once more, and as JAX reads all devices' pieces before building an array, that
-  doubled the staging memory of a sharded load. ``get_slice`` refuses any index into a
-  tensor with a zero-length dimension; such slices hold no bytes and are built directly.
+- **How bytes are copied out.** Once the library has validated the header, a tensor (or the
+  part of it one device holds) is copied straight out of a NumPy memory map of the file, at
+  the offsets of the header, into one array we allocate, aligned to 64 bytes; only the pages
+  of the part asked for are touched. The library's own reads (``get_tensor``,
+  ``get_slice``) return every read in a fresh ``bytearray``: for the benchmark's largest
+  tensor (67 MB) ``get_tensor`` took 0.16-0.20 s on this (shared, loaded) machine,
+  ``get_slice`` in 4 MiB runs 0.09 s, the copy out of the map 0.02 s, which keeps a load as
+  fast as reading the file's bytes. The library's 16-byte alignment also made XLA's CPU
+  client copy every piece once more, and as JAX reads all devices' pieces before building
+  an array, that doubled the staging memory of a sharded load.
 - **Errors.** Every error the library raises on a bad file (``SafetensorError``, or a Rust
   panic should one escape) becomes `CorruptWeightsError`, one line naming the file.
 """
@@ -72,7 +72,6 @@ DTYPES: dict[str, np.dtype] = {
 }
 NAMES = {dtype: name for name, dtype in DTYPES.items()}
 ALIGNMENT = 64  # bytes; XLA's CPU client adopts host buffers aligned this way, without a copy
-CHUNK_BYTES = 4 << 20  # a read of this size reuses heap memory; larger ones map fresh pages
 
 
 class CorruptWeightsError(ValueError):
@@ -110,36 +109,24 @@ class StoredTensor:
         key: the tensor's name in the file.
         shape: its shape.
         dtype: its NumPy dtype.
-        handle: the library's open ``safe_open`` handle on `path`.
+        stored: the tensor's bytes in a read-only memory map of `path`, as an array.
     """
 
     path: Path
     key: str
     shape: tuple[int, ...]
     dtype: np.dtype
-    handle: safetensors.safe_open = dataclasses.field(repr=False)
+    stored: np.ndarray = dataclasses.field(repr=False)
 
     def read(self, index: tuple[slice, ...] | None = None) -> np.ndarray:
         """A fresh, 64-byte-aligned array of the whole tensor, or of the part `index` (one
-        slice of step 1 per axis) selects; only the bytes of that part are copied out of the
-        file, in runs of rows of about `CHUNK_BYTES`."""
+        slice of step 1 per axis) selects; only the bytes of that part are read."""
         index = tuple(slice(None) for _ in self.shape) if index is None else index
         if len(index) != len(self.shape) or any(s.step not in (None, 1) for s in index):
             raise IndexError(f"index {index} is not one step-1 slice per axis of {self.shape}")
-        bounds = [s.indices(n)[:2] for s, n in zip(index, self.shape, strict=True)]
-        out = aligned_empty(tuple(max(stop - start, 0) for start, stop in bounds), self.dtype)
-        if out.size == 0:  # no bytes to read, and get_slice refuses zero-length axes
-            return out
-        with library_errors(self.path):
-            if not self.shape:
-                out[()] = self.handle.get_tensor(self.key)
-                return out
-            piece = self.handle.get_slice(self.key)
-            rows = max(1, CHUNK_BYTES * out.shape[0] // out.nbytes)
-            first = bounds[0][0]
-            for row in range(0, out.shape[0], rows):
-                run = slice(first + row, first + min(row + rows, out.shape[0]))
-                out[row : row + rows] = piece[(run, *index[1:])]
+        part = self.stored[index]
+        out = aligned_empty(part.shape, self.dtype)
+        out[...] = part
         return out
 
 
@@ -163,7 +150,7 @@ def open_file(path: str | os.PathLike) -> tuple[dict[str, StoredTensor], dict[st
         CorruptWeightsError: naming the file and what is wrong with it.
     """
     path = Path(path)
-    with library_errors(path):
+    with library_errors(path):  # validates the whole header: see the module docstring
         handle = safetensors.safe_open(path, framework="numpy")
         slices = {key: handle.get_slice(key) for key in handle.keys()}  # noqa: SIM118 (not a dict)
         metadata = handle.metadata() or {}
@@ -173,11 +160,17 @@ def open_file(path: str | os.PathLike) -> tuple[dict[str, StoredTensor], dict[st
             f"{path} holds tensors in dtypes this project does not read: {unknown}; "
             f"save them as one of {sorted(DTYPES)}"
         )
-    header_json(path)  # the library took the header; refuse repeated keys it let pass
-    tensors = {
-        key: StoredTensor(path, key, tuple(s.get_shape()), DTYPES[s.get_dtype()], handle)
-        for key, s in slices.items()
-    }
+    entries, data_start = header_json(path)  # refuse repeated keys the library let pass
+    mapped = np.memmap(path, np.uint8, mode="r")
+
+    def stored(key: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        begin, end = entries[key]["data_offsets"]
+        return mapped[data_start + begin : data_start + end].view(dtype).reshape(shape)
+
+    tensors = {}
+    for key, s in slices.items():
+        shape, dtype = tuple(s.get_shape()), DTYPES[s.get_dtype()]
+        tensors[key] = StoredTensor(path, key, shape, dtype, stored(key, shape, dtype))
     return tensors, metadata
 
 
