@@ -161,7 +161,6 @@ def add_data_commands(commands: argparse._SubParsersAction) -> None:
 def finetune_user_data(args: argparse.Namespace, config, mesh, state) -> int:
     """Fine-tune `args.base` on the user's files (on `mesh`, saving training state to
     `state`) and save the result with its card."""
-    import checkpoints
     from finetuning.api import finetune as finetune_data
 
     if args.base is None:
@@ -179,12 +178,19 @@ def finetune_user_data(args: argparse.Namespace, config, mesh, state) -> int:
         resume=args.resume,
         **read_keywords(args),
     )
+    return report_fine_tune(result, folder, args.push, f" (splits: {folder / 'splits.tsv'})")
+
+
+def report_fine_tune(result, folder: Path, push: str | None, saved_note: str = "") -> int:
+    """Print a fine-tune's resume point, test metrics and folder; push it if asked."""
+    import checkpoints
+
     if result.resumed_from is not None:
         print(f"resumed from step {result.resumed_from}")
     print(f"test: {', '.join(f'{k}={v:.3f}' for k, v in result.test.items())}")
-    print(f"saved: {folder} (splits: {folder / 'splits.tsv'})")
-    if args.push:
-        print(f"pushed: commit {checkpoints.push_to_hub(folder, args.push)}")
+    print(f"saved: {folder}{saved_note}")
+    if push:
+        print(f"pushed: commit {checkpoints.push_to_hub(folder, push)}")
     return 0
 
 
@@ -238,13 +244,7 @@ def finetune(args: argparse.Namespace) -> int:
         checkpoints=state,
         resume=args.resume,
     )
-    if result.resumed_from is not None:
-        print(f"resumed from step {result.resumed_from}")
-    print(f"test: {', '.join(f'{k}={v:.3f}' for k, v in result.test.items())}")
-    print(f"saved: {folder}")
-    if args.push:
-        print(f"pushed: commit {checkpoints.push_to_hub(folder, args.push)}")
-    return 0
+    return report_fine_tune(result, folder, args.push)
 
 
 def add_finetune_command(commands: argparse._SubParsersAction) -> None:
