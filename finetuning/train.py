@@ -1,13 +1,18 @@
 """Fine-tuning a `zoo.TaskModel` on a `finetuning.tasks.Task`.
 
 AdamW with a linear warm-up and cosine decay, gradient clipping, optional layer-wise
-learning-rate decay (layer ``l`` of ``L`` gets ``decay^(L - l)`` times the rate, the
-embeddings ``decay^(L + 1)``, the head 1; Clark et al., 2020), class-weighted cross-entropy
+learning-rate decay (Clark et al., 2020; `layer_multipliers`), class-weighted cross-entropy
 for imbalanced labels (or, for a regression task, the squared error of the standardised
-target; see `finetuning.steps`), and early stopping: the model is evaluated on the validation split
-every ``eval_every`` steps, the best one (lowest validation loss) is kept, and training
+target; see `finetuning.steps`), and early stopping: the model is evaluated on the validation
+split every ``eval_every`` steps, the best one (lowest validation loss) is kept, and training
 stops after ``patience`` evaluations without improvement. Only the leaves the strategy's
 filter spec marks as trainable are differentiated and carry optimiser state.
+
+Layer-wise decay multiplies the update of each trained leaf by a factor. Of a backbone with
+``L`` transformer layers, layer ``l = 0, ..., L - 1`` (counted from the embeddings) gets
+``decay^(L - l)``, so the top layer gets ``decay``; the final norm gets ``decay``, as the top
+layer; the embeddings and every other backbone parameter get ``decay^(L + 1)``; the head
+gets 1. A backbone without transformer layers (``L = 0``) gets ``decay`` throughout.
 
 The fine-tune runs on a device mesh (data parallel, FSDP, tensor parallel; see
 `finetuning.steps`) and can save its whole state, early stopping included, through
@@ -56,7 +61,8 @@ class FineTuneConfig(Config):
         lora_rank: rank of the LoRA factors.
         lora_alpha: LoRA scale numerator (the update is ``alpha / rank * B @ A``).
         learning_rate: peak learning rate.
-        layer_decay: layer-wise learning-rate decay factor (1 = none).
+        layer_decay: layer-wise learning-rate decay factor in (0, 1] (1 = none; see the
+            module docstring).
         weight_decay: AdamW weight decay.
         batch_size: examples per step.
         max_steps: most optimiser steps.
@@ -153,7 +159,10 @@ def test_report(task: Task, labels: np.ndarray, outputs: np.ndarray) -> dict[str
 
 
 def layer_multipliers(params: Any, model: TaskModel, decay: float) -> Any:
-    """Per-leaf learning-rate multipliers for layer-wise decay (see the module docstring).
+    """Per-leaf learning-rate multipliers for layer-wise decay (see the module docstring):
+    1 for the head, ``decay^(L - l)`` for each row ``l`` of a stacked layer leaf (rows of a
+    cut stack's later part counted after its first part), ``decay`` for the final norm and
+    ``decay^(L + 1)`` for every other leaf.
 
     `params` are the trainable leaves of `model` (None elsewhere)."""
     stack = getattr(model.backbone, "stack", None)
