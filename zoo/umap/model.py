@@ -14,10 +14,15 @@ cells to their mean (one number, stored per feature). `DifferentiableUMAP.fit`:
    edges drawn in proportion to ``w_ij`` (`zoo.umap.training`), with the similarity
    ``q(d) = 1 / (1 + a d^(2b))`` whose ``a, b`` are fitted to ``min_dist`` and ``spread``.
    Memory is linear in the number of edges: the N x N similarity matrix never exists;
-3. unless ``free_coordinate_steps = 0``, refines the training cells' coordinates as free
-   parameters, starting from ``f(x)``, on the same loss, as non-parametric UMAP optimises
-   them. The MLP has less freedom than free coordinates; this step brings the training
-   embedding to umap-learn's local quality while new cells are still embedded by ``f``.
+3. returns ``f(x)`` of the training cells: by default the fitted embedding and
+   `DifferentiableUMAP.transform` are one map, as in parametric UMAP.
+
+Optionally (``free_coordinate_steps > 0``) step 3 instead refines the training cells'
+coordinates as free parameters, starting from ``f(x)``, on the same loss, as non-parametric
+UMAP optimises them. Free coordinates have more freedom than the MLP, but the refined
+embedding is then no longer ``f``: new cells, and gradients, still go through ``f``. `fit`
+reports how far the refined coordinates drifted from ``f(x)`` (`DifferentiableUMAP.drift`),
+as a `UMAPDriftWarning` and, for an AnnData, in ``adata.uns[key_added + "_drift"]``.
 
 The saved model is the encoder with its input centring; ``a, b`` are derived from the
 config. `DifferentiableUMAP.transform` embeds new cells with the encoder alone, and
@@ -27,6 +32,7 @@ config. `DifferentiableUMAP.transform` embeds new cells with the encoder alone, 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import equinox as eqx
 import jax
@@ -62,8 +68,10 @@ class DifferentiableUMAPConfig(Config):
         n_steps: Adam steps for the encoder.
         batch_size: edges per step.
         learning_rate: Adam's initial step size (decays linearly to 0).
-        free_coordinate_steps: Adam steps refining the training cells' coordinates after
-            the encoder is trained (0: the fitted embedding is the encoder's output).
+        free_coordinate_steps: Adam steps refining the training cells' coordinates as free
+            parameters after the encoder is trained. 0 (the default): the fitted embedding
+            is the encoder's output, the same map as `DifferentiableUMAP.transform`; above
+            0, `fit` reports the refined coordinates' drift from it (`UMAPDriftWarning`).
         free_coordinate_learning_rate: initial step size of that refinement.
         free_coordinate_batch_size: edges per refinement step.
     """
@@ -78,10 +86,10 @@ class DifferentiableUMAPConfig(Config):
     local_connectivity: float = 1.0
     set_op_mix_ratio: float = 1.0
     negative_sample_rate: int = 5
-    n_steps: int = 500
+    n_steps: int = 2000
     batch_size: int = 512
     learning_rate: float = 1e-2
-    free_coordinate_steps: int = 500
+    free_coordinate_steps: int = 0
     free_coordinate_learning_rate: float = 0.1
     free_coordinate_batch_size: int = 4096
 
@@ -112,6 +120,26 @@ class DifferentiableUMAPConfig(Config):
         require(
             self.free_coordinate_steps >= 0,
             f"free_coordinate_steps must be >= 0, got {self.free_coordinate_steps}",
+        )
+
+
+class UMAPDriftWarning(UserWarning):
+    """`DifferentiableUMAP.fit` refined free coordinates (``free_coordinate_steps > 0``), so
+    its embedding of the training cells is not the encoder's map that `transform` applies.
+
+    Attributes:
+        mean: mean distance of a refined cell from its encoder embedding, relative to the
+            encoder embedding's spread (see `DifferentiableUMAP.drift`).
+        max: the largest such distance, on the same scale.
+    """
+
+    def __init__(self, mean: float, max: float):
+        self.mean = mean
+        self.max = max
+        super().__init__(
+            f"the refined UMAP coordinates drift from the encoder's map (used by transform) "
+            f"by {mean:.3g} on average and {max:.3g} at most, relative to the embedding's "
+            f"spread; free_coordinate_steps=0 keeps fit and transform one map"
         )
 
 
@@ -171,7 +199,11 @@ class DifferentiableUMAP(eqx.Module):
 
         Returns:
             ``(fitted model, embedding of shape (cells, n_components))``; the embedding is
-            the encoder's output, refined as free coordinates if ``free_coordinate_steps``.
+            the fitted model's encoder output, equal to ``transform(data)``, or, if
+            ``free_coordinate_steps > 0``, that output refined as free coordinates. A
+            refinement warns `UMAPDriftWarning` with its `drift` and, for an AnnData, writes
+            the drift to ``adata.uns[key_added + "_drift"]`` (``{"mean": .., "max": ..}``);
+            an unrefined fit removes that entry.
 
         Raises:
             ValueError: for NaN features, a wrong feature count, fewer cells than
@@ -186,13 +218,42 @@ class DifferentiableUMAP(eqx.Module):
         graph = self.graph(x, knn_method=knn_method, seed=_search_seed(key))
         encoder_key, free_key = jax.random.split(key)
         model = self._centred_on(x)._train_encoder(x, graph, key=encoder_key, progress=progress)
-        embedding = model.embed(x)
+        embedding = np.asarray(model.embed(x))
+        drift = None
         if self.config.free_coordinate_steps:
-            embedding = model._refine(embedding, graph, key=free_key, progress=progress)
-        embedding = np.asarray(embedding)
+            refined = model._refine(jnp.asarray(embedding), graph, key=free_key, progress=progress)
+            embedding = np.asarray(refined)
+            drift = model.drift(x, embedding)
+            warnings.warn(UMAPDriftWarning(**drift), stacklevel=2)
         if is_anndata(data):
             data.obsm[key_added] = embedding
+            data.uns.pop(f"{key_added}_drift", None)
+            if drift is not None:
+                data.uns[f"{key_added}_drift"] = drift
         return model, embedding
+
+    def drift(
+        self,
+        x: Float[np.ndarray, "cells n_features"],
+        embedding: Float[np.ndarray, "cells n_components"],
+    ) -> dict[str, float]:
+        """How far `embedding` of the cells `x` is from the encoder's map ``y = f(x)``.
+
+        With ``d_i = ||embedding_i - y_i||`` and the spread
+        ``s = sqrt(mean_i ||y_i - mean(y)||^2)`` (the root mean squared distance of the
+        encoder embedding to its centroid), returns ``{"mean": mean_i d_i / s,
+        "max": max_i d_i / s}``: 0 when `embedding` is the encoder's map.
+        """
+        x = self._features(x, None, None)
+        check_shape(
+            "embedding", embedding, (x.shape[0], self.config.n_components),
+            "(cells, n_components) for the cells of x",
+        )  # fmt: skip
+        encoded = np.asarray(self.embed(x), dtype=np.float64)
+        distances = np.linalg.norm(np.asarray(embedding, dtype=np.float64) - encoded, axis=1)
+        spread = float(np.sqrt(np.mean(np.sum((encoded - encoded.mean(axis=0)) ** 2, axis=1))))
+        spread = spread or 1.0
+        return {"mean": float(distances.mean() / spread), "max": float(distances.max() / spread)}
 
     def _centred_on(self, x: np.ndarray) -> DifferentiableUMAP:
         """A copy whose input centring is the mean and RMS distance to the mean of `x`."""

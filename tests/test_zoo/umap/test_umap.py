@@ -7,10 +7,14 @@ Tolerances: the exact kNN equals scikit-learn's; sigma and rho within 1e-3 relat
 umap-learn's ``smooth_knn_dist`` on the same neighbours, the graph weights within 1e-4 (and
 the graph on approximate, pynndescent neighbours within 2% of the exact one's total weight);
 ``a, b`` within 1e-6 of ``find_ab_params``; trustworthiness (k = 15) not below umap-learn's
-by more than 0.02; 2-D kNN cell-type accuracy on pbmc3k not below by more than 0.03.
+by more than 0.02; 2-D kNN cell-type accuracy on pbmc3k not below by more than 0.03. These
+are checked on the default fit, whose embedding is the encoder's map (`transform`) of the
+cells, to 1e-6.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import anndata
 import jax
@@ -30,6 +34,7 @@ import zoo
 from zoo.common.config import ConfigError
 from zoo.common.knn import knn, knn_query
 from zoo.umap.graph import curve_parameters, fuzzy_graph, smooth_knn_dist
+from zoo.umap.model import UMAPDriftWarning
 
 TRUST_TOLERANCE = 0.02
 ACCURACY_TOLERANCE = 0.03
@@ -64,12 +69,13 @@ def pbmc_neighbours(pbmc):
     return np.asarray(distances), np.asarray(indices)
 
 
-def fit_both(x: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(umap-learn's embedding, ours, our encoder's output) with the same graph settings."""
+def fit_both(x: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(umap-learn's embedding, ours) with the same graph settings; ours is the default fit,
+    the encoder's map of the cells."""
     peer = UMAP(n_neighbors=15, min_dist=0.1, random_state=seed).fit_transform(x)
     model = zoo.DifferentiableUMAP(zoo.DifferentiableUMAPConfig(), key=jax.random.key(seed))
-    fitted, ours = model.fit(x, key=jax.random.key(seed + 1), progress=False)
-    return peer, ours, np.asarray(fitted.embed(x))
+    _, ours = model.fit(x, key=jax.random.key(seed + 1), progress=False)
+    return peer, ours
 
 
 def knn_accuracy(embedding: np.ndarray, labels) -> float:
@@ -148,27 +154,26 @@ def test_curve_matches_find_ab_params(min_dist, spread):
 
 def test_pbmc3k_quality_against_umap_learn(pbmc):
     x, labels = pbmc.obsm["X_pca"], pbmc.obs["cell_type"].to_numpy()
-    peer, ours, encoded = fit_both(x)
+    peer, ours = fit_both(x)
     peer_trust = trustworthiness(x, peer, n_neighbors=15)
-    for embedding in (ours, encoded):
-        assert trustworthiness(x, embedding, n_neighbors=15) >= peer_trust - TRUST_TOLERANCE
-        assert knn_accuracy(embedding, labels) >= knn_accuracy(peer, labels) - ACCURACY_TOLERANCE
+    assert trustworthiness(x, ours, n_neighbors=15) >= peer_trust - TRUST_TOLERANCE
+    assert knn_accuracy(ours, labels) >= knn_accuracy(peer, labels) - ACCURACY_TOLERANCE
 
 
 def test_mouse_quality_against_umap_learn(mouse_subset):
-    peer, ours, _ = fit_both(mouse_subset)
+    peer, ours = fit_both(mouse_subset)
     peer_trust = trustworthiness(mouse_subset, peer, n_neighbors=15)
     assert trustworthiness(mouse_subset, ours, n_neighbors=15) >= peer_trust - TRUST_TOLERANCE
 
 
 def small_config(**changes) -> zoo.DifferentiableUMAPConfig:
-    settings = {"n_steps": 50, "free_coordinate_steps": 50, "width": 16, "depth": 1}
+    settings = {"n_steps": 50, "width": 16, "depth": 1}
     return zoo.DifferentiableUMAPConfig(**(settings | changes))
 
 
 def test_anndata_transform_and_checkpoint(pbmc, tmp_path):
     adata = pbmc[:400].copy()
-    model = zoo.DifferentiableUMAP(small_config(free_coordinate_steps=0), key=jax.random.key(0))
+    model = zoo.DifferentiableUMAP(small_config(), key=jax.random.key(0))
     fitted, embedding = model.fit(adata, use_rep="X_pca", key=jax.random.key(1), progress=False)
     assert adata.obsm["X_umap"].shape == (400, 2)
     np.testing.assert_array_equal(adata.obsm["X_umap"], embedding)
@@ -185,10 +190,51 @@ def test_anndata_transform_and_checkpoint(pbmc, tmp_path):
     )
 
 
+def test_fit_and_transform_are_one_map_by_default(pbmc):
+    """By default `fit`'s embedding of the training cells is the encoder's: `transform` of
+    the same cells gives it back (to 1e-6, float32 rounding of the same computation)."""
+    adata = pbmc[:400].copy()
+    config = zoo.DifferentiableUMAPConfig(n_steps=50, width=16, depth=1)
+    model = zoo.DifferentiableUMAP(config, key=jax.random.key(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UMAPDriftWarning)
+        fitted, embedding = model.fit(adata, use_rep="X_pca", key=jax.random.key(1), progress=False)
+    again = fitted.transform(adata.obsm["X_pca"])
+    np.testing.assert_allclose(again, embedding, rtol=0, atol=1e-6)
+    assert fitted.drift(adata.obsm["X_pca"], embedding)["max"] < 1e-6
+    assert "X_umap_drift" not in adata.uns
+
+
+def test_refined_coordinates_report_their_drift(pbmc):
+    """With free_coordinate_steps the fit's embedding leaves the encoder's map; the drift it
+    reports equals, to 1e-5 relative, the distances recomputed here from `transform`, relative
+    to the RMS spread of the encoder embedding; a later unrefined fit clears the stale entry."""
+    adata = pbmc[:400].copy()
+    x = adata.obsm["X_pca"]
+    model = zoo.DifferentiableUMAP(small_config(free_coordinate_steps=50), key=jax.random.key(0))
+    with pytest.warns(UMAPDriftWarning, match="free_coordinate_steps=0") as caught:
+        fitted, embedding = model.fit(adata, use_rep="X_pca", key=jax.random.key(1), progress=False)
+    encoded = fitted.transform(x).astype(np.float64)
+    distances = np.linalg.norm(embedding - encoded, axis=1)
+    spread = np.sqrt(np.mean(np.sum((encoded - encoded.mean(axis=0)) ** 2, axis=1)))
+    expected = {"mean": distances.mean() / spread, "max": distances.max() / spread}
+    assert expected["mean"] > 0.01  # 50 free-coordinate steps move the cells measurably
+    warning = caught[0].message
+    for name, value in expected.items():
+        assert adata.uns["X_umap_drift"][name] == pytest.approx(value, rel=1e-5)
+        assert getattr(warning, name) == pytest.approx(value, rel=1e-5)
+    np.testing.assert_array_equal(adata.obsm["X_umap"], embedding)
+
+    zoo.DifferentiableUMAP(small_config(), key=jax.random.key(0)).fit(
+        adata, use_rep="X_pca", key=jax.random.key(1), progress=False
+    )
+    assert "X_umap_drift" not in adata.uns
+
+
 def test_layer_input_and_gradient(pbmc):
     adata = pbmc[:200, :100].copy()
     adata.layers["log"] = np.log1p(adata.X.toarray())
-    config = small_config(n_features=100, free_coordinate_steps=0)
+    config = small_config(n_features=100)
     model = zoo.DifferentiableUMAP(config, key=jax.random.key(0))
     fitted, _ = model.fit(adata, layer="log", key=jax.random.key(1), progress=False)
     assert adata.obsm["X_umap"].shape == (200, 2)
