@@ -111,9 +111,7 @@ def train_cell_map(
     features = embed_cells(
         lambda c: backbone(c, expression_mask=no_mask).cell_embedding, train_cells
     )
-    umap_config = DifferentiableUMAPConfig(
-        n_features=features.shape[1], n_steps=umap_steps, free_coordinate_steps=0
-    )
+    umap_config = DifferentiableUMAPConfig(n_features=features.shape[1], n_steps=umap_steps)
     umap, _ = DifferentiableUMAP(umap_config, key=umap_key).fit(
         features, key=umap_key, progress=progress
     )

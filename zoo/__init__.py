@@ -36,7 +36,7 @@ from zoo.sequence.cnn import SequenceEmbedding, SequenceEmbeddingConfig, Sequenc
 from zoo.sequence.encoder import TransformerSequenceEncoder, TransformerSequenceEncoderConfig
 from zoo.sequence.nucleotides import NucleotideTokenizer, SequenceError, one_hot
 from zoo.task.model import TaskModel, TaskModelConfig
-from zoo.umap.model import DifferentiableUMAP, DifferentiableUMAPConfig
+from zoo.umap.model import DifferentiableUMAP, DifferentiableUMAPConfig, UMAPDriftWarning
 from zoo.vae.fit import annotate_vae, fit_vae
 from zoo.vae.model import VAENormalizer, VAENormalizerConfig
 from zoo.vae.training import VAETrainingConfig, train_vae
@@ -90,6 +90,7 @@ __all__ = [
     "TransformerConfig",
     "TransformerSequenceEncoder",
     "TransformerSequenceEncoderConfig",
+    "UMAPDriftWarning",
     "UnknownArchitectureError",
     "VAENormalizer",
     "VAENormalizerConfig",
