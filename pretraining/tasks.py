@@ -1,13 +1,13 @@
 """A pretraining task: the freshly initialised model, its objective, where its batches come
-from, and how much work one example is. `build_task` reads the corpus, so every input
-error (a missing file, a non-DNA FASTA, an .h5ad without counts) is raised before any
-compilation or compute.
+from, how much work one example is and, for expression, the gene vocabulary exported with
+the model. `build_task` reads the corpus, so every input error (a missing file, a non-DNA
+FASTA, an .h5ad without counts, repeated gene names) is raised before any compilation or
+compute.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -15,7 +15,7 @@ import equinox as eqx
 import jax
 
 from pretraining.dna_data import DnaCorpus, MaskedWindows
-from pretraining.expression_data import CellBatches, ExpressionCorpus
+from pretraining.expression_data import CellBatches, ExpressionCorpus, ExpressionDataError
 from pretraining.objectives import masked_expression_sums, masked_token_sums
 from pretraining.presets import PRESETS
 from pretraining.provenance import Source
@@ -26,6 +26,7 @@ from zoo.expression.foundation_model import (
     DifferentiableFoundationModelConfig,
 )
 from zoo.expression.gene_tokenizer import GeneTokenizerConfig
+from zoo.expression.gene_vocabulary import GeneMatchError, GeneVocabulary
 from zoo.sequence.encoder import TransformerSequenceEncoder, TransformerSequenceEncoderConfig
 
 
@@ -43,7 +44,8 @@ class Task:
         flops_per_example: training FLOPs of one example (`pretraining.throughput`).
         corpus: the `DnaCorpus` or `ExpressionCorpus` read.
         sources: provenance of the corpus.
-        extra_files: files written beside the exported model (name -> text).
+        genes: the input genes of an expression model, in column order (the corpus's
+            gene names), exported with it as ``genes.tsv``; None for DNA.
     """
 
     model: eqx.Module
@@ -54,7 +56,7 @@ class Task:
     flops_per_example: float
     corpus: DnaCorpus | ExpressionCorpus
     sources: list[Source]
-    extra_files: dict[str, str] = dataclasses.field(default_factory=dict)
+    genes: GeneVocabulary | None = None
 
 
 def build_task(run: RunConfig) -> Task:
@@ -81,6 +83,7 @@ def build_task(run: RunConfig) -> Task:
             sources=corpus.sources,
         )
     corpus = ExpressionCorpus(run.data, val_fraction=run.val_fraction)
+    genes = corpus_vocabulary(corpus)
     max_tokens = min(run.max_tokens or preset.max_tokens, corpus.n_genes)
     config = DifferentiableFoundationModelConfig(
         tokenizer=GeneTokenizerConfig(n_genes=corpus.n_genes, max_tokens=max_tokens),
@@ -97,5 +100,21 @@ def build_task(run: RunConfig) -> Task:
         flops_per_example=foundation_train_flops(transformer, max_tokens + 1),
         corpus=corpus,
         sources=corpus.sources,
-        extra_files={"genes.json": json.dumps(corpus.genes) + "\n"},
+        genes=genes,
     )
+
+
+def corpus_vocabulary(corpus: ExpressionCorpus) -> GeneVocabulary:
+    """The gene vocabulary of `corpus`: its gene names, Ensembl IDs recognised as IDs and
+    anything else taken as a symbol (`GeneVocabulary.from_names`).
+
+    Raises:
+        ExpressionDataError: a gene name is repeated or empty.
+    """
+    try:
+        return GeneVocabulary.from_names(corpus.genes)
+    except GeneMatchError as error:
+        raise ExpressionDataError(
+            f"{corpus.sources[0].path}: the gene names (var_names) cannot be a model's gene "
+            f"vocabulary: {error}; make them unique (AnnData.var_names_make_unique)"
+        ) from None

@@ -10,7 +10,9 @@ validation and checkpoints, and export the result.
   refused with `RunError` naming it and both values (`RunConfig.changes_from`);
 * ``metrics.jsonl``: one JSON object per step (loss, learning rate, gradient norm,
   throughput, MFU) and per validation;
-* ``model/``: the `zoo.save_pretrained` folder with a model card and ``loss_curve.png``.
+* ``model/``: the `zoo.save_pretrained` folder with a model card, ``loss_curve.png`` and
+  ``training_summary.json``; an expression model's folder also holds its gene vocabulary,
+  ``genes.tsv`` (`checkpoints.read_genes`).
 """
 
 from __future__ import annotations
@@ -271,7 +273,8 @@ class Run:
         bar.set_postfix(loss=f"{record['loss']:.4f}", **meter.postfix(record))
 
     def export(self, validation: dict[str, float], peak_source: str) -> Path | None:
-        """Write the model, its card, the loss curve and the task's extra files."""
+        """Write the model, its card, the task's gene vocabulary (expression), the loss curve
+        and the training summary."""
         params = host_values(self.params)
         if not self.main_process:
             return None
@@ -299,11 +302,9 @@ class Run:
         folder = self.out / EXPORT_DIR
         architecture = architecture_of(model)
         card = card_details(architecture, self.config, self.task.sources, summary)
-        zoo.save_pretrained(model, folder, card=card)
+        zoo.save_pretrained(model, folder, card=card, genes=self.task.genes)
         baseline = math.log(4) if self.config.task == "dna" else None
         ylabel = "cross-entropy (nats/token)" if self.config.task == "dna" else "masked MSE"
         plot_loss_curve(folder / LOSS_CURVE, train, val, baseline, ylabel)
-        for name, text in self.task.extra_files.items():
-            (folder / name).write_text(text)
         (folder / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return folder

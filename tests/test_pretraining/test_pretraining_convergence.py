@@ -1,7 +1,8 @@
 """A few hundred steps of the tiny preset on real data learn something: DNA validation loss
 falls well below log 4 and below the base-composition entropy of the held-out DNA;
 masked-expression validation error falls below a per-gene-mean predictor. The exported
-folder loads with `zoo.from_pretrained` and its card records the run."""
+folder loads with `zoo.from_pretrained`, its card records the run, and an expression
+model's folder carries its corpus's genes (``genes.tsv``)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import anndata
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import zoo
+from checkpoints import read_genes
 from pretraining.dna_data import TRAIN, VALIDATION
 from pretraining.optimizer import OptimizerConfig
 from pretraining.run_config import RunConfig
@@ -70,6 +73,7 @@ def test_tiny_dna_model_learns_human_chrX(tmp_path):
     assert loss < math.log(4) - 0.05, loss
     assert loss < baseline - 0.02, (loss, baseline)
     check_export(out / EXPORT_DIR, "human-chrX-70Mb")
+    assert read_genes(out / EXPORT_DIR) is None, "a DNA model has no gene vocabulary"
 
 
 def test_tiny_foundation_model_learns_pbmc3k(tmp_path, shared_data):
@@ -103,6 +107,9 @@ def test_tiny_foundation_model_learns_pbmc3k(tmp_path, shared_data):
     assert loss < 0.5 * overall
 
     model = check_export(tmp_path / EXPORT_DIR, "pbmc3k")
-    genes = json.loads((tmp_path / EXPORT_DIR / "genes.json").read_text())
-    assert genes == corpus.genes
+    # The folder carries its gene vocabulary: pbmc3k's var_names (symbols), in column order.
+    genes = read_genes(tmp_path / EXPORT_DIR)
+    var_names = anndata.read_h5ad(shared_data / "pbmc3k_2000hvg_counts.h5ad", backed="r").var_names
+    assert genes is not None and genes.names() == tuple(var_names)
+    assert genes.symbols == tuple(var_names) and not any(genes.gene_ids)
     np.testing.assert_array_equal(model.tokenizer.gene_medians, tokenizer.gene_medians)

@@ -147,6 +147,19 @@ def test_h5ad_without_integer_counts(tmp_path, capsys, shared_data, no_compilati
     assert "non-integer values" in err and "raw integer counts" in err
 
 
+@pytest.mark.filterwarnings("ignore:Variable names are not unique:UserWarning")
+def test_h5ad_with_repeated_gene_names(tmp_path, capsys, shared_data, no_compilation):
+    """An exported model carries its genes (``genes.tsv``), which must be unique: a corpus
+    whose var_names repeat is refused when it is read, not after training."""
+    adata = anndata.read_h5ad(shared_data / "pbmc3k_2000hvg_counts.h5ad")[:50].copy()
+    adata.var_names = ["LYZ" if name == "PPBP" else name for name in adata.var_names]
+    path = tmp_path / "repeated.h5ad"
+    adata.write_h5ad(path)
+    err = run_cli(["expression", str(path), "--out", str(tmp_path / "run")], capsys)
+    assert "repeated.h5ad" in err and "symbols repeats LYZ" in err
+    assert "var_names_make_unique" in err
+
+
 def test_bad_settings_are_refused_before_jax_work(tmp_path, capsys, no_compilation):
     base = ["dna", "bacteria-NC_008253", "--out", str(tmp_path)]  # never read
     err = run_cli([*base, "--batch-size", "30", "--accumulate", "4"], capsys)
