@@ -3,7 +3,8 @@
 1. Download pretrained weights: load the published DNA encoder by its catalog name.
 2. Fine-tune: the Oct4-versus-MafK TF-binding task for a short budget, from the pretrained
    encoder and from scratch (same architecture, same budget), test accuracy and MCC side
-   by side.
+   by side with the simple baseline a checkpoint must beat, 6-mer counts and logistic
+   regression (`finetuning.kmer_baseline`).
 3. Pretrain on a device mesh: a short masked-language-model run on real DNA over 8
    simulated CPU devices with FSDP (``data=4,fsdp=2``), killed with SIGKILL once its
    first checkpoint is written, then finished by the same command plus ``--resume``.
@@ -29,6 +30,8 @@ from pathlib import Path
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
+
+from finetuning.tasks import Task
 
 DNA_CHECKPOINT = "dna-encoder-tiny"
 
@@ -80,7 +83,23 @@ def fine_tune_both(out: Path, steps: int) -> tuple[list[Row], Path]:
         figures = f"test accuracy {result.test['accuracy']:.3f}, MCC {result.test['mcc']:.3f}"
         rows.append(Row(f"fine-tune TF binding ({name})", figures, time.perf_counter() - start))
         folders[name] = folder
+    rows.append(kmer_baseline_row(task))
     return rows, folders["pretrained"]
+
+
+def kmer_baseline_row(task: Task) -> Row:
+    """The simple baseline beside the fine-tunes: 6-mer counts and logistic regression,
+    fitted on the same training peaks and scored on the same test peaks."""
+    from finetuning.kmer_baseline import kmer_logistic_regression
+
+    start = time.perf_counter()
+    report, _ = kmer_logistic_regression(
+        (task.train.inputs, task.train.labels), (task.test.inputs, task.test.labels), k=6
+    )
+    figures = f"test accuracy {report['accuracy']:.3f}, MCC {report['mcc']:.3f}"
+    return Row(
+        "TF binding baseline (6-mer logistic regression)", figures, time.perf_counter() - start
+    )
 
 
 def evaluate_on_a_file(model: Path, out: Path) -> list[Row]:
