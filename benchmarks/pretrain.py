@@ -191,7 +191,7 @@ def cell_pair(corpus: ExpressionCorpus, dropout: float) -> dict:
     )
     model = DifferentiableFoundationModel(config, key=jax.random.key(0))
     model = model.with_tokenizer(corpus.fit_tokenizer(model.tokenizer))
-    counts = corpus.cells[0][:BATCH].toarray()
+    counts = corpus.read(0, range(BATCH))
     # the peer reads the same cells as gene-id tokens ([CLS] + ranked genes), 15 % masked
     tokens = jax.vmap(model.tokenizer)(counts)
     ids = np.concatenate([np.ones((BATCH, 1), int), np.asarray(tokens.ids)], axis=1)

@@ -3,6 +3,7 @@
 - ``biozoo tour``: every representation model on real DNA and cells, saved and reloaded;
 - ``biozoo pull | push | card | ls``: the checkpoint hub (`checkpoints.cli`);
 - ``biozoo pretrain dna | expression``: sharded pretraining (`pretraining.cli`);
+- ``biozoo prepare dna FASTA... --out CORPUS``: a packed, memory-mapped DNA corpus;
 - ``biozoo finetune TASK``: fine-tune a checkpoint (or a fresh model) on a downstream task;
   ``biozoo finetune --base REF --train FILE [--validation FILE --test FILE]``: on the
   user's own sequences (FASTA, TSV, CSV, Parquet) or cells (.h5ad);
@@ -306,6 +307,7 @@ def add_finetune_command(commands: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     from checkpoints.cli import add_hub_commands
+    from pretraining.cli import add_prepare_commands
     from pretraining.cli import add_subcommands as add_pretraining_commands
 
     parser = argparse.ArgumentParser(
@@ -332,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_hub_commands(commands)
     pretrain = commands.add_parser("pretrain", help="sharded pretraining (dna or expression)")
     add_pretraining_commands(pretrain.add_subparsers(dest="task", required=True, metavar="TASK"))
+    add_prepare_commands(commands)
     add_finetune_command(commands)
     add_data_commands(commands)
     return parser

@@ -16,6 +16,7 @@ Sharded pretraining of the zoo's transformers on one host or many.
 
   dna         masked language modelling of a TransformerSequenceEncoder on FASTA corpora
   expression  masked expression prediction of a DifferentiableFoundationModel on .h5ad counts
+  prepare     pack FASTA files once into a memory-mapped corpus (`prepare dna`)
 
 A run writes OUT/checkpoints (Orbax training state), OUT/metrics.jsonl and, at the end,
 OUT/model (a zoo.from_pretrained folder with a model card and a loss curve). Run
@@ -25,10 +26,11 @@ OUT/model (a zoo.from_pretrained folder with a model card and a loss curve). Run
 DATA_HELP = {
     "dna": "FASTA files (.fa, .fa.gz, .fa.xz) or dataset names such as human-chrX-70Mb, "
     "bacteria-NC_008253, klebsiella-HS11286 (fetched from Debian packages, cached under "
-    "$BIOZOO_CACHE and checksummed)",
+    "$BIOZOO_CACHE and checksummed), or corpus folders made by `biozoo prepare dna`",
     "expression": ".h5ad files with raw integer counts in X, or dataset names: "
     "pbmc68k_reduced (from the scanpy wheel), pbmc3k, pbmc-3chem, mouse-10k (from "
-    "$BIOZOO_SHARED_DATA); all files must share one gene list",
+    "$BIOZOO_SHARED_DATA), directories or glob patterns of .h5ad/.zarr files; files may hold "
+    "different genes (aligned by Ensembl ID, else by symbol)",
 }
 
 
@@ -58,6 +60,12 @@ def add_run_arguments(parser: argparse.ArgumentParser, task: str) -> None:
             default=0,
             help="most gene tokens per cell (default: "
             "the preset's, 64/256/1024, capped at the number of genes)",
+        )
+        data.add_argument(
+            "--genes",
+            default="",
+            help="gene vocabulary to align the files to: a genes.tsv, or a model folder "
+            "holding one (default: the union of the files' genes)",
         )
     data.add_argument("--dropout", type=float, default=0.1, help="dropout (default: 0.1)")
     data.add_argument(
@@ -176,7 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_subcommands(parser.add_subparsers(dest="task", required=True, metavar="TASK"))
+    tasks = parser.add_subparsers(dest="task", required=True, metavar="TASK")
+    add_subcommands(tasks)
+    add_prepare_commands(tasks)
     return parser
 
 
@@ -189,6 +199,34 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         sub = subparsers.add_parser(task, help=summary, description=summary)
         add_run_arguments(sub, task)
         sub.set_defaults(run=run_from_arguments)
+
+
+def add_prepare_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``prepare dna``, which packs FASTA files into a memory-mapped corpus once, to
+    another program's subcommands."""
+    prepare = subparsers.add_parser(
+        "prepare", help="build a packed corpus once, for runs to map rather than load"
+    )
+    kinds = prepare.add_subparsers(dest="kind", required=True, metavar="KIND")
+    summary = "pack FASTA files into a memory-mapped DNA corpus (one byte per base)"
+    dna = kinds.add_parser("dna", help=summary, description=summary)
+    dna.add_argument(
+        "fasta", nargs="+", help="FASTA files (.fa, .fa.gz, .fa.xz) or DNA dataset names"
+    )
+    dna.add_argument(
+        "--out", required=True, help="the new corpus folder, then a data source of `pretrain dna`"
+    )
+    dna.set_defaults(run=prepare_from_arguments)
+
+
+def prepare_from_arguments(args: argparse.Namespace) -> int:
+    """Pack the FASTA files of ``biozoo prepare dna`` and print the corpus summary."""
+    from pretraining.dna_data import DnaCorpus, prepare_packed
+
+    folder = prepare_packed(args.fasta, args.out)
+    print(DnaCorpus([str(folder)]).describe(), file=sys.stderr)
+    print(f"prepared {folder}", file=sys.stderr)
+    return 0
 
 
 def start_distributed(args: argparse.Namespace) -> None:
@@ -221,6 +259,7 @@ def run_config(args: argparse.Namespace):
         preset=args.preset,
         seq_len=getattr(args, "seq_len", 0),
         max_tokens=getattr(args, "max_tokens", 0),
+        genes=getattr(args, "genes", ""),
         dropout=args.dropout,
         steps=args.steps,
         batch_size=args.batch_size,

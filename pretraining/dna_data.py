@@ -2,8 +2,10 @@
 
 `DnaCorpus` reads FASTA / FASTA.gz / FASTA.xz files, given as paths or as names of the
 catalogued registry datasets (`pretraining.sources.DATASETS`), into one byte per base
-(A, C, G, T, or N for any IUPAC ambiguity code). The last ``val_fraction`` of every record
-is held out for validation.
+(A, C, G, T, or N for any IUPAC ambiguity code), or maps a packed corpus that
+`prepare_packed` (``biozoo prepare dna``) built once from them (`pretraining.packed_dna`),
+so that a corpus larger than memory is paged in as windows are read. The last
+``val_fraction`` of every record is held out for validation.
 
 `MaskedWindows` draws training examples: a window of the training region, from either
 strand, tokenized by the model's `NucleotideTokenizer`, with BERT's masking (Devlin et al.,
@@ -16,19 +18,19 @@ exactly.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
+from pretraining.packed_dna import N_CODE, PackedDnaError, is_packed, read_packed, write_packed
 from pretraining.provenance import Source
 from pretraining.sources import dataset_names, local_source, sha256_of
 from zoo.sequence.fasta import read_fasta
 from zoo.sequence.nucleotides import MASK, SPECIAL_TOKENS, UNK, NucleotideTokenizer
 
 LETTERS = np.frombuffer(b"ACGTN", np.uint8)
-N_CODE = 4
 _CODES = np.full(256, -1, np.int8)
 for _code, _letters in enumerate(("Aa", "Cc", "Gg", "Tt", "NnRrYyKkMmSsWwBbDdHhVv")):
     for _letter in _letters:
@@ -72,13 +74,54 @@ def encode_dna(sequence: str, where: str) -> np.ndarray:
     return codes.astype(np.uint8)
 
 
+def fasta_records(
+    sources: Sequence[str], provenance: list[Source]
+) -> Iterator[tuple[str, np.ndarray]]:
+    """``(name, codes)`` of every non-empty record of the FASTA `sources`, one record in
+    memory at a time; appends each file's `Source` to `provenance` once it is read.
+
+    Raises:
+        CorpusError: naming the file, when it is missing, unreadable, empty or not DNA.
+    """
+    for source in sources:
+        path, licence = resolve(source)
+        count, letters = 0, 0
+        try:
+            for name, sequence in read_fasta(path):
+                codes = encode_dna(sequence, f"{path} record {name!r}")
+                if codes.size:
+                    yield name, codes
+                    count, letters = count + 1, letters + codes.size
+        except (UnicodeDecodeError, EOFError, OSError, ValueError) as error:
+            if isinstance(error, CorpusError):
+                raise
+            raise CorpusError(f"{path} is not a readable FASTA file: {error}") from None
+        if letters == 0:
+            raise CorpusError(f"{path} holds no sequence; is it an empty FASTA file?")
+        summary = f"{count:,} record{'s' * (count != 1)}, {letters:,} bases"
+        provenance.append(Source(source, str(path), sha256_of(path), summary, licence))
+
+
+def prepare_packed(sources: Sequence[str], out: str) -> Path:
+    """Build the packed corpus `out` (`pretraining.packed_dna`) from FASTA `sources`."""
+    provenance: list[Source] = []
+    try:
+        return write_packed(out, fasta_records(sources, provenance), provenance)
+    except PackedDnaError as error:
+        raise CorpusError(str(error)) from None
+
+
 class DnaCorpus:
-    """The records of one or more FASTA files, split into training and validation regions.
+    """The records of FASTA files and packed corpora (folders made by `prepare_packed`,
+    memory-mapped, not loaded), split into training and validation regions.
 
     Attributes:
         records: one uint8 code array per record (see `encode_dna`).
         split: per record, the first held-out position (the end of its training region).
-        sources: provenance of every file.
+        ambiguous_bases: bases that are N (or an ambiguity code), from the packed
+            corpora's N-run indexes and the FASTA records' codes.
+        sources: provenance of every file (for a packed corpus, the FASTA files it was
+            built from).
     """
 
     def __init__(self, sources: Sequence[str], *, val_fraction: float = 0.01):
@@ -88,29 +131,35 @@ class DnaCorpus:
             raise CorpusError(f"val_fraction must be in (0, 1), got {val_fraction}")
         self.records: list[np.ndarray] = []
         self.sources: list[Source] = []
+        self.ambiguous_bases = 0
         for source in sources:
-            path, licence = resolve(source)
-            count, letters = 0, 0
-            try:
-                for name, sequence in read_fasta(path):
-                    codes = encode_dna(sequence, f"{path} record {name!r}")
-                    if codes.size:
-                        self.records.append(codes)
-                        count, letters = count + 1, letters + codes.size
-            except (UnicodeDecodeError, EOFError, OSError, ValueError) as error:
-                if isinstance(error, CorpusError):
-                    raise
-                raise CorpusError(f"{path} is not a readable FASTA file: {error}") from None
-            if letters == 0:
-                raise CorpusError(f"{path} holds no sequence; is it an empty FASTA file?")
-            summary = f"{count:,} record{'s' * (count != 1)}, {letters:,} bases"
-            self.sources.append(Source(source, str(path), sha256_of(path), summary, licence))
+            if is_packed(source):
+                try:
+                    packed = read_packed(source)
+                except PackedDnaError as error:
+                    raise CorpusError(str(error)) from None
+                self.records += packed.records
+                self.sources += packed.sources
+                self.ambiguous_bases += int(packed.n_runs[:, 2].sum())
+            else:
+                for _, codes in fasta_records([source], self.sources):
+                    self.records.append(codes)
+                    self.ambiguous_bases += int(np.count_nonzero(codes == N_CODE))
         self.split = [len(r) - max(1, round(val_fraction * len(r))) for r in self.records]
 
     @property
     def letters(self) -> int:
         """Bases in the corpus."""
         return sum(len(r) for r in self.records)
+
+    def describe(self) -> str:
+        """The corpus summary: files, records and bases."""
+        lines = [
+            f"DNA corpus: {len(self.sources)} file(s), {len(self.records):,} records, "
+            f"{self.letters:,} bases ({self.ambiguous_bases:,} N)"
+        ]
+        lines += [f"  {s.path}: {s.summary}" for s in self.sources]
+        return "\n".join(lines)
 
 
 class MlmBatch(NamedTuple):

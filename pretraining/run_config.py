@@ -31,6 +31,8 @@ class RunConfig(Config):
         preset: model size, a key of `pretraining.presets.PRESETS`.
         seq_len: DNA tokens per example (0: the preset's).
         max_tokens: most gene tokens per cell (0: the preset's, capped at the gene count).
+        genes: the expression vocabulary to align the corpus to: a ``genes.tsv`` or a
+            model folder holding one ("": the union of the corpus files' genes).
         dropout: dropout probability of the transformer.
         steps: optimiser updates in the whole run; also the length of the learning-rate
             schedule, so a resumed run cannot change it.
@@ -50,6 +52,7 @@ class RunConfig(Config):
     preset: str = "tiny"
     seq_len: int = 0
     max_tokens: int = 0
+    genes: str = ""
     dropout: float = 0.1
     steps: int = 1000
     batch_size: int = 32
@@ -74,6 +77,9 @@ class RunConfig(Config):
         require(
             min(self.seq_len, self.max_tokens, self.eval_every, self.save_every) >= 0,
             "seq_len, max_tokens, eval_every and save_every must be >= 0",
+        )
+        require(
+            not self.genes or self.task == "expression", "genes: only an expression run has genes"
         )
         require_probability(dropout=self.dropout)
         require(0 < self.val_fraction < 1, f"val_fraction must be in (0, 1): {self.val_fraction}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import equinox as eqx
@@ -26,7 +27,7 @@ from zoo.expression.foundation_model import (
     DifferentiableFoundationModelConfig,
 )
 from zoo.expression.gene_tokenizer import GeneTokenizerConfig
-from zoo.expression.gene_vocabulary import GeneMatchError, GeneVocabulary
+from zoo.expression.gene_vocabulary import GENES_FILE, GeneMatchError, GeneVocabulary
 from zoo.sequence.encoder import TransformerSequenceEncoder, TransformerSequenceEncoderConfig
 
 
@@ -45,7 +46,7 @@ class Task:
         corpus: the `DnaCorpus` or `ExpressionCorpus` read.
         sources: provenance of the corpus.
         genes: the input genes of an expression model, in column order (the corpus's
-            gene names), exported with it as ``genes.tsv``; None for DNA.
+            vocabulary), exported with it as ``genes.tsv``; None for DNA.
     """
 
     model: eqx.Module
@@ -82,8 +83,9 @@ def build_task(run: RunConfig) -> Task:
             corpus=corpus,
             sources=corpus.sources,
         )
-    corpus = ExpressionCorpus(run.data, val_fraction=run.val_fraction)
-    genes = corpus_vocabulary(corpus)
+    corpus = ExpressionCorpus(
+        run.data, val_fraction=run.val_fraction, vocabulary=given_vocabulary(run.genes)
+    )
     max_tokens = min(run.max_tokens or preset.max_tokens, corpus.n_genes)
     config = DifferentiableFoundationModelConfig(
         tokenizer=GeneTokenizerConfig(n_genes=corpus.n_genes, max_tokens=max_tokens),
@@ -100,21 +102,23 @@ def build_task(run: RunConfig) -> Task:
         flops_per_example=foundation_train_flops(transformer, max_tokens + 1),
         corpus=corpus,
         sources=corpus.sources,
-        genes=genes,
+        genes=corpus.vocabulary,
     )
 
 
-def corpus_vocabulary(corpus: ExpressionCorpus) -> GeneVocabulary:
-    """The gene vocabulary of `corpus`: its gene names, Ensembl IDs recognised as IDs and
-    anything else taken as a symbol (`GeneVocabulary.from_names`).
+def given_vocabulary(genes: str) -> GeneVocabulary | None:
+    """The vocabulary in `genes`: a ``genes.tsv``, or a model folder holding one; None for
+    "" (the corpus's own union).
 
     Raises:
-        ExpressionDataError: a gene name is repeated or empty.
+        ExpressionDataError: naming the path, when it holds no readable ``genes.tsv``.
     """
+    if not genes:
+        return None
+    path = Path(genes) / GENES_FILE if Path(genes).is_dir() else Path(genes)
+    if not path.is_file():
+        raise ExpressionDataError(f"--genes {genes}: no {path.name} there")
     try:
-        return GeneVocabulary.from_names(corpus.genes)
+        return GeneVocabulary.read(path)
     except GeneMatchError as error:
-        raise ExpressionDataError(
-            f"{corpus.sources[0].path}: the gene names (var_names) cannot be a model's gene "
-            f"vocabulary: {error}; make them unique (AnnData.var_names_make_unique)"
-        ) from None
+        raise ExpressionDataError(f"--genes {genes}: {error}") from None

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,9 @@ class Run:
         check_heads(PRESETS[run.preset].transformer.n_heads, self.mesh)
         check_batch_size(run.batch_size, self.mesh, run.optimizer.accumulate_steps)
         self.task: Task = build_task(run)  # every data error surfaces here, before compute
+        self.main_process = jax.process_index() == 0
+        if self.main_process:
+            print(self.task.corpus.describe(), file=sys.stderr)
         self.steps = CompiledSteps(
             self.task.model,
             self.task.objective,
@@ -151,7 +155,6 @@ class Run:
         self.checkpoints = TrainingCheckpoints(
             self.out / "checkpoints", save_every=run.save_every, keep=run.keep
         )
-        self.main_process = jax.process_index() == 0
         latest = self.checkpoints.latest_step()
         if latest is not None and not resume:
             raise RunError(

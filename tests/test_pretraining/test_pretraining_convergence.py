@@ -93,7 +93,7 @@ def test_tiny_foundation_model_learns_pbmc3k(tmp_path, shared_data):
     tokenizer = trainer.task.model.tokenizer
 
     def tokens(part):
-        t = jax.vmap(tokenizer)(jnp.asarray(corpus.cells[part].toarray()))
+        t = jax.vmap(tokenizer)(jnp.asarray(corpus.read(part, range(len(corpus.cells[part])))))
         return np.asarray(t.ids)[np.asarray(t.mask)], np.asarray(t.values)[np.asarray(t.mask)]
 
     train_ids, train_values = tokens(TRAIN)
