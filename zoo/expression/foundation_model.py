@@ -13,6 +13,19 @@ the ``[CLS]`` state or the mean state of the real, unmasked tokens.
 
 Gradients flow from the loss and the embeddings back to the counts through ``v``.
 
+The published single-cell transformers are settings of this model (the importers in
+`checkpoints` build them):
+
+- Geneformer (Theodoris et al., 2023) is a BERT over rank-ordered gene ids with no value
+  input (``value_input=False``: a masked gene's id becomes ``<mask>``): gene embedding plus
+  a learned absolute position embedding (``positions``), a layer norm over the sum
+  (``embedding_norm``), post-LN ReLU layers, and BERT's masked-LM head with the decoder tied
+  to the gene embedding (``head="gene_logits"``).
+- scGPT (Cui et al., 2024) layer-normalises the gene embedding (``gene_norm``), adds the
+  value embedding of quantile-binned values clamped at ``max_value``, encodes
+  ``cls_value`` at ``<cls>``, has no positions, post-LN ReLU layers, and a three-layer
+  LeakyReLU expression decoder (``head="expression_mlp"``).
+
 A freshly built model holds an unfitted tokenizer, which refuses to run: give it one fitted
 on the training corpus with `DifferentiableFoundationModel.with_tokenizer`, or load a
 checkpoint, whose tokenizer medians are saved with the weights.
@@ -29,8 +42,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, Real
 
-from zoo.common.config import Config, require_choice, require_probability
+from zoo.common.config import Config, require, require_choice, require_probability
 from zoo.common.transformer import (
+    ACTIVATIONS,
     TransformerConfig,
     TransformerStack,
     dense,
@@ -39,8 +53,6 @@ from zoo.common.transformer import (
     normalise,
 )
 from zoo.expression.gene_tokenizer import (
-    GENE_CLS,
-    N_SPECIAL,
     GeneTokenizer,
     GeneTokenizerConfig,
     GeneTokens,
@@ -49,15 +61,23 @@ from zoo.expression.gene_tokenizer import (
 
 
 class FoundationOutput(NamedTuple):
-    """What the foundation model computes for one cell; position 0 is ``[CLS]``."""
+    """What the foundation model computes for one cell, over the tokenizer's framed
+    sequence (`GeneTokenizer.frame`: ``[CLS]`` first by default). `predicted_values` is
+    set by the expression heads, `gene_logits` (over the vocabulary) by the
+    ``"gene_logits"`` head; the other is None. `ids` are the input ids, masked ones
+    replaced by ``mask_id`` in a model without a value input."""
 
     hidden: Float[Array, "tokens dim"]
     cell_embedding: Float[Array, " dim"]
     ids: Int[Array, " tokens"]
     values: Float[Array, " tokens"]
-    predicted_values: Float[Array, " tokens"]
+    predicted_values: Float[Array, " tokens"] | None
     token_mask: Bool[Array, " tokens"]
     expression_mask: Bool[Array, " tokens"]
+    gene_logits: Float[Array, "tokens vocab"] | None = None
+
+
+HEADS = ("expression", "expression_mlp", "gene_logits")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,18 +89,62 @@ class DifferentiableFoundationModelConfig(Config):
         transformer: the block stack.
         mask_ratio: fraction of each cell's real tokens masked when a key is given
             (at least one token is masked).
-        pooling: cell embedding from the ``"cls"`` state or the ``"mean"`` of unmasked
-            real tokens.
+        pooling: cell embedding from the ``"cls"`` state (position 0) or the ``"mean"``
+            of the unmasked gene tokens.
+        value_input: whether each token's value enters through the continuous value
+            encoder; without it (Geneformer) a masked gene's id is replaced by
+            ``tokenizer.mask_id``.
+        max_value: values are clamped to at most this before the value encoder (scGPT:
+            512); None for no clamp.
+        cls_value: the value encoded at ``[CLS]`` (scGPT: its ``pad_value`` -2); None gives
+            ``[CLS]`` no value embedding.
+        positions: rows of a learned absolute position embedding added to every token
+            (BERT; at least ``tokenizer.sequence_length``); 0 for none.
+        gene_norm: layer-normalise the gene embedding before the sum (scGPT).
+        embedding_norm: layer-normalise the summed embedding (BERT).
+        head: ``"expression"`` (Linear, GELU, Linear to one value per token),
+            ``"expression_mlp"`` (scGPT: Linear, LeakyReLU, Linear, LeakyReLU, Linear) or
+            ``"gene_logits"`` (BERT's masked-LM head: Linear, the transformer activation,
+            LayerNorm, then the gene embedding transposed plus a bias).
     """
 
     tokenizer: GeneTokenizerConfig = dataclasses.field(default_factory=GeneTokenizerConfig)
     transformer: TransformerConfig = dataclasses.field(default_factory=TransformerConfig)
     mask_ratio: float = 0.15
     pooling: str = "cls"
+    value_input: bool = True
+    max_value: float | None = None
+    cls_value: float | None = None
+    positions: int = 0
+    gene_norm: bool = False
+    embedding_norm: bool = False
+    head: str = "expression"
 
     def validate(self) -> None:
         require_probability(mask_ratio=self.mask_ratio)
         require_choice("pooling", self.pooling, ("cls", "mean"))
+        require_choice("head", self.head, HEADS)
+        require(
+            self.pooling == "mean" or self.tokenizer.cls_id is not None,
+            "pooling 'cls' needs a tokenizer with a cls_id",
+        )
+        require(
+            self.value_input or self.tokenizer.mask_id is not None,
+            "a model without a value input masks genes by id: the tokenizer needs a mask_id",
+        )
+        require(
+            self.value_input or (self.max_value is None and self.cls_value is None),
+            "max_value and cls_value need value_input",
+        )
+        require(
+            self.cls_value is None or self.tokenizer.cls_id is not None,
+            "cls_value needs a tokenizer with a cls_id",
+        )
+        require(
+            self.positions == 0 or self.positions >= self.tokenizer.sequence_length,
+            f"positions ({self.positions}) must be 0 or at least the sequence length "
+            f"({self.tokenizer.sequence_length})",
+        )
 
 
 def random_expression_mask(
@@ -99,37 +163,65 @@ class DifferentiableFoundationModel(eqx.Module):
 
     tokenizer: GeneTokenizer
     gene_embedding: eqx.nn.Embedding
-    value_input: eqx.nn.Linear
-    value_output: eqx.nn.Linear
-    value_norm: eqx.nn.LayerNorm
-    mask_value: Float[Array, " dim"]
+    gene_norm: eqx.nn.LayerNorm | None
+    position_embedding: eqx.nn.Embedding | None
+    value_input: eqx.nn.Linear | None
+    value_output: eqx.nn.Linear | None
+    value_norm: eqx.nn.LayerNorm | None
+    mask_value: Float[Array, " dim"] | None
+    embedding_norm: eqx.nn.LayerNorm | None
     embedding_dropout: eqx.nn.Dropout
     stack: TransformerStack
     final_norm: eqx.nn.LayerNorm | None
     head_hidden: eqx.nn.Linear
-    head_output: eqx.nn.Linear
+    head_middle: eqx.nn.Linear | None
+    head_output: eqx.nn.Linear | None
+    head_norm: eqx.nn.LayerNorm | None
+    head_bias: Float[Array, " vocab"] | None
     config: DifferentiableFoundationModelConfig = eqx.field(static=True)
 
     def __init__(self, config: DifferentiableFoundationModelConfig, *, key: PRNGKeyArray):
         t = config.transformer
         keys = jax.random.split(key, 7)
+        extra_keys = jax.random.split(jax.random.fold_in(key, 1), 2)
         self.tokenizer = GeneTokenizer(config.tokenizer)
-        vocab = config.tokenizer.n_genes + N_SPECIAL
+        vocab = config.tokenizer.vocab_size
         # Unit scale, like the layer-normalised value embedding it is added to: at BERT's
         # 0.02 a gene's identity starts 50 times weaker than its value, and fine-tuning on
         # cell types from scratch learns several times slower.
         self.gene_embedding = eqx.nn.Embedding(weight=jax.random.normal(keys[0], (vocab, t.dim)))
-        self.value_input = eqx.nn.Linear(1, t.dim, key=keys[1])
-        self.value_output = eqx.nn.Linear(t.dim, t.dim, key=keys[2])
-        self.value_norm = eqx.nn.LayerNorm(t.dim, eps=t.layer_norm_eps)
-        self.mask_value = 0.02 * jax.random.normal(keys[3], (t.dim,))
+        self.gene_norm = layer_norm(t) if config.gene_norm else None
+        self.position_embedding = (
+            eqx.nn.Embedding(
+                weight=0.02 * jax.random.normal(extra_keys[0], (config.positions, t.dim))
+            )
+            if config.positions
+            else None
+        )
+        if config.value_input:
+            self.value_input = eqx.nn.Linear(1, t.dim, key=keys[1])
+            self.value_output = eqx.nn.Linear(t.dim, t.dim, key=keys[2])
+            self.value_norm = layer_norm(t)
+            self.mask_value = 0.02 * jax.random.normal(keys[3], (t.dim,))
+        else:
+            self.value_input = self.value_output = self.value_norm = self.mask_value = None
+        self.embedding_norm = layer_norm(t) if config.embedding_norm else None
         self.embedding_dropout = eqx.nn.Dropout(t.dropout)
         self.stack = TransformerStack(t, key=keys[4])
-        self.final_norm = (
-            None if t.norm == "post" else eqx.nn.LayerNorm(t.dim, eps=t.layer_norm_eps)
-        )
+        self.final_norm = None if t.norm == "post" else layer_norm(t)
         self.head_hidden = eqx.nn.Linear(t.dim, t.dim, key=keys[5])
-        self.head_output = eqx.nn.Linear(t.dim, 1, key=keys[6])
+        self.head_middle = (
+            eqx.nn.Linear(t.dim, t.dim, key=extra_keys[1])
+            if config.head == "expression_mlp"
+            else None
+        )
+        if config.head == "gene_logits":
+            self.head_output = None
+            self.head_norm = layer_norm(t)
+            self.head_bias = jnp.zeros(vocab)
+        else:
+            self.head_output = eqx.nn.Linear(t.dim, 1, key=keys[6])
+            self.head_norm = self.head_bias = None
         self.config = config
 
     def with_tokenizer(self, tokenizer: GeneTokenizer) -> DifferentiableFoundationModel:
@@ -146,7 +238,15 @@ class DifferentiableFoundationModel(eqx.Module):
         return eqx.tree_at(lambda m: m.tokenizer, self, tokenizer)
 
     def encode_values(self, values: Float[Array, " n"]) -> Float[Array, "n dim"]:
-        """The continuous value encoder: ``LayerNorm(W2 relu(W1 v))``."""
+        """The continuous value encoder: ``LayerNorm(W2 relu(W1 min(v, max_value)))``.
+
+        Raises:
+            ValueError: for a model without a value input.
+        """
+        if self.value_input is None:
+            raise ValueError("this model has no value input (config.value_input is False)")
+        if self.config.max_value is not None:
+            values = jnp.minimum(values, self.config.max_value)
         h = jax.nn.relu(dense(self.value_input, values[:, None]))
         return normalise(self.value_norm, dense(self.value_output, h))
 
@@ -169,8 +269,10 @@ class DifferentiableFoundationModel(eqx.Module):
                 instead of a random one (masked only where there is a real token).
 
         Returns:
-            `FoundationOutput`; every per-token field has ``max_tokens + 1`` entries,
-            position 0 being ``[CLS]`` (never masked, value 0).
+            `FoundationOutput`; every per-token field has the tokenizer's
+            ``sequence_length`` entries (`GeneTokenizer.frame`): by default ``[CLS]``
+            (never masked, value 0) and ``max_tokens`` gene tokens. Values binned by the
+            tokenizer take the middle bin of tied counts (no key reaches the binning).
 
         Raises:
             ValueError: when the tokenizer is not fitted, the counts are bad
@@ -247,48 +349,99 @@ class DifferentiableFoundationModel(eqx.Module):
         expression_mask: Bool[Array, " max_tokens"] | None,
     ) -> FoundationOutput:
         """`encode` without its checks, for tokens the model's own tokenizer made."""
+        config = self.config
         mask_key, dropout_key = (None, None) if key is None else jax.random.split(key)
         if expression_mask is None:
             expression_mask = (
                 jnp.zeros_like(tokens.mask)
                 if mask_key is None
-                else random_expression_mask(tokens.mask, self.config.mask_ratio, key=mask_key)
+                else random_expression_mask(tokens.mask, config.mask_ratio, key=mask_key)
             )
-
-        def with_cls(x, first):
-            return jnp.concatenate([jnp.asarray([first], x.dtype), x])
-
-        ids = with_cls(tokens.ids, GENE_CLS)
-        values = with_cls(tokens.values, 0.0)
-        token_mask = with_cls(tokens.mask, True)
-        masked = with_cls(expression_mask & tokens.mask, False)
-
-        value_embedding = jnp.where(masked[:, None], self.mask_value, self.encode_values(values))
-        x = self.gene_embedding.weight[ids] + value_embedding.at[0].set(0.0)
+        framed = self.tokenizer.frame(tokens)
+        genes = self.gene_positions(framed)
+        first = int(config.tokenizer.cls_id is not None)
+        masked = (
+            jnp.zeros_like(framed.mask)
+            .at[first : first + config.tokenizer.max_tokens]
+            .set(expression_mask & tokens.mask)
+        )
+        values = framed.values
+        if config.cls_value is not None:
+            values = values.at[0].set(config.cls_value)
+        ids = framed.ids
+        if self.value_input is None:
+            ids = jnp.where(masked, config.tokenizer.mask_id, ids)
+        x = self.gene_embedding.weight[ids]
+        if self.gene_norm is not None:
+            x = normalise(self.gene_norm, x)
+        if self.value_input is not None:
+            value_embedding = jnp.where(
+                masked[:, None], self.mask_value, self.encode_values(values)
+            )
+            if first and config.cls_value is None:
+                value_embedding = value_embedding.at[0].set(0.0)
+            x = x + value_embedding
+        if self.position_embedding is not None:
+            x = x + self.position_embedding.weight[: x.shape[0]]
+        if self.embedding_norm is not None:
+            x = normalise(self.embedding_norm, x)
         embedding_key, stack_key = (
             (None, None) if dropout_key is None else jax.random.split(dropout_key)
         )
         x = dropout(self.embedding_dropout, x, embedding_key)
-        hidden = self.stack(x, token_mask, key=stack_key)
+        hidden = self.stack(x, framed.mask, key=stack_key)
         if self.final_norm is not None:
             hidden = normalise(self.final_norm, hidden)
-        predicted = dense(self.head_output, jax.nn.gelu(dense(self.head_hidden, hidden)))[:, 0]
-        unmasked_genes = (token_mask & ~masked).at[0].set(False)
-        cell = hidden[0] if self.config.pooling == "cls" else masked_mean(hidden, unmasked_genes)
+        predicted, logits = self.head(hidden)
+        cell = hidden[0] if config.pooling == "cls" else masked_mean(hidden, genes & ~masked)
         return FoundationOutput(
             hidden=hidden,
             cell_embedding=cell,
             ids=ids,
             values=values,
             predicted_values=predicted,
-            token_mask=token_mask,
+            token_mask=framed.mask,
             expression_mask=masked,
+            gene_logits=logits,
         )
+
+    def gene_positions(self, framed: GeneTokens) -> Bool[Array, " tokens"]:
+        """Where a framed sequence holds a gene (not a special token or padding)."""
+        first = self.config.tokenizer.first_gene_id
+        is_gene_id = (framed.ids >= first) & (framed.ids < first + self.config.tokenizer.n_genes)
+        return framed.mask & is_gene_id
+
+    def head(
+        self, hidden: Float[Array, "tokens dim"]
+    ) -> tuple[Float[Array, " tokens"] | None, Float[Array, "tokens vocab"] | None]:
+        """The output head over the final states: ``(predicted values, None)`` for the
+        expression heads, ``(None, gene logits)`` for ``"gene_logits"`` (see the config)."""
+        if self.config.head == "gene_logits":
+            activation = ACTIVATIONS[self.config.transformer.activation]
+            h = normalise(self.head_norm, activation(dense(self.head_hidden, hidden)))
+            return None, h @ self.gene_embedding.weight.T + self.head_bias
+        if self.config.head == "expression_mlp":
+            h = jax.nn.leaky_relu(dense(self.head_hidden, hidden), negative_slope=0.01)
+            h = jax.nn.leaky_relu(dense(self.head_middle, h), negative_slope=0.01)
+        else:
+            h = jax.nn.gelu(dense(self.head_hidden, hidden))
+        return dense(self.head_output, h)[:, 0], None
+
+
+def layer_norm(config: TransformerConfig) -> eqx.nn.LayerNorm:
+    """A layer norm over the residual width with the transformer's epsilon."""
+    return eqx.nn.LayerNorm(config.dim, eps=config.layer_norm_eps)
 
 
 def masked_expression_loss(output: FoundationOutput) -> Float[Array, ""]:
     """Mean squared error of the predicted normalised log expression over masked tokens
-    (of one cell, or of a vmapped batch: the mean is over all masked tokens)."""
+    (of one cell, or of a vmapped batch: the mean is over all masked tokens).
+
+    Raises:
+        ValueError: for the output of a model whose head predicts gene logits, not values.
+    """
+    if output.predicted_values is None:
+        raise ValueError("masked_expression_loss needs a model with an expression head")
     weights = output.expression_mask.astype(output.values.dtype)
     error = (output.predicted_values - output.values) ** 2
     return (error * weights).sum() / jnp.maximum(weights.sum(), 1.0)

@@ -21,6 +21,18 @@ the registry calls to build the skeleton a checkpoint is loaded into, leaves eve
 which no fitted median can be; a tokenizer with a median that is not positive and finite
 refuses to run (eagerly, or by `eqx.error_if` under `jax.jit`). Silently ranking with unit
 medians, as an unfitted tokenizer once did, changes which genes become tokens.
+
+The id layout and the token order are config fields, so the tokenizers of published models
+are settings of this one:
+
+- Geneformer V1: ``pad_id=0, mask_id=1, cls_id=None, first_gene_id=2``; V2 adds
+  ``cls_id=2, eos_id=3`` and genes from 4 (`GeneTokenizer.frame` puts ``<cls>`` first and
+  ``<eos>`` after the last gene, as Geneformer's ``TranscriptomeTokenizer`` with
+  ``special_token=True``). Geneformer sorts with an unstable argsort, so its order of tied
+  genes is unspecified; ours breaks ties by gene index.
+- scGPT: ``ordering="column"`` (the expressed genes in column order, not ranked: the
+  medians play no part), ``values="bins"`` (per-cell quantile bins,
+  `zoo.expression.value_binning`), genes from 0 and ``<pad> <cls> <eoc>`` after them.
 """
 
 from __future__ import annotations
@@ -34,8 +46,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, Real
 
-from zoo.common.config import Config, require, require_positive
+from zoo.common.config import Config, require, require_choice, require_positive
 from zoo.expression.soft_rank import soft_rank
+from zoo.expression.value_binning import quantile_bins
 
 GENE_SPECIAL_TOKENS = ("[PAD]", "[CLS]", "[MASK]")
 GENE_PAD, GENE_CLS, GENE_MASK = range(len(GENE_SPECIAL_TOKENS))
@@ -58,11 +71,29 @@ class GeneTokenizerConfig(Config):
         n_genes: genes per cell (columns of the count matrix, in a fixed order).
         max_tokens: most gene tokens per cell.
         target_sum: total counts each cell is scaled to before ranking.
+        first_gene_id: token id of gene column 0; column ``j`` has id ``first_gene_id + j``.
+        pad_id: id of the padding token.
+        cls_id: id of the token `frame` puts before the genes, or None for none.
+        mask_id: id a masked gene is replaced by in models without a value input, or None.
+        eos_id: id of the token `frame` puts after the last gene, or None for none.
+        ordering: ``"rank"`` (the expressed genes by descending ``x / median``) or
+            ``"column"`` (the expressed genes in column order).
+        values: the value returned with each token: ``"log1p"`` (``log1p(x)``) or
+            ``"bins"`` (the cell's quantile bin, 1 to ``n_bins - 1``, of its count).
+        n_bins: number of bins with ``values="bins"`` (bin 0 is left for zero counts).
     """
 
     n_genes: int = 2000
     max_tokens: int = 256
     target_sum: float = 10_000.0
+    first_gene_id: int = N_SPECIAL
+    pad_id: int = GENE_PAD
+    cls_id: int | None = GENE_CLS
+    mask_id: int | None = GENE_MASK
+    eos_id: int | None = None
+    ordering: str = "rank"
+    values: str = "log1p"
+    n_bins: int = 51
 
     def validate(self) -> None:
         require_positive(
@@ -72,6 +103,39 @@ class GeneTokenizerConfig(Config):
             self.max_tokens <= self.n_genes,
             f"max_tokens ({self.max_tokens}) must not exceed n_genes ({self.n_genes})",
         )
+        require_choice("ordering", self.ordering, ("rank", "column"))
+        require_choice("values", self.values, ("log1p", "bins"))
+        require(self.n_bins >= 3, f"n_bins must be at least 3, got {self.n_bins}")
+        require(self.first_gene_id >= 0, f"first_gene_id must be >= 0, got {self.first_gene_id}")
+        special = self.special_ids
+        require(
+            len(set(special.values())) == len(special),
+            f"special token ids must differ, got {special}",
+        )
+        genes = range(self.first_gene_id, self.first_gene_id + self.n_genes)
+        for name, value in special.items():
+            require(
+                value >= 0 and value not in genes,
+                f"{name} ({value}) must be >= 0 and outside the gene ids "
+                f"[{genes.start}, {genes.stop})",
+            )
+
+    @property
+    def special_ids(self) -> dict[str, int]:
+        """The special token ids that are set, by field name."""
+        ids = {"pad_id": self.pad_id, "cls_id": self.cls_id, "mask_id": self.mask_id}
+        ids["eos_id"] = self.eos_id
+        return {name: value for name, value in ids.items() if value is not None}
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of token ids: one past the largest gene or special id."""
+        return max(self.first_gene_id + self.n_genes, max(self.special_ids.values()) + 1)
+
+    @property
+    def sequence_length(self) -> int:
+        """Length of a framed sequence: ``max_tokens`` plus ``<cls>`` and ``<eos>`` if set."""
+        return self.max_tokens + (self.cls_id is not None) + (self.eos_id is not None)
 
 
 def check_counts(
@@ -208,21 +272,61 @@ class GeneTokenizer(eqx.Module):
         """``log1p(x / median)``: the order-preserving score that genes are ranked by."""
         return jnp.log1p(self.normalise(counts) / self.checked_medians())
 
-    def __call__(self, counts: Real[Array, " n_genes"]) -> GeneTokens:
-        """Tokenize one cell: the top ``max_tokens`` expressed genes by descending score
-        (ties broken by gene index), padded with ``[PAD]``.
+    def __call__(
+        self, counts: Real[Array, " n_genes"], *, key: PRNGKeyArray | None = None
+    ) -> GeneTokens:
+        """Tokenize one cell: its first ``max_tokens`` expressed genes in the configured
+        order (``"rank"``: descending ``x / median``, ties broken by gene index;
+        ``"column"``: column order), as ids ``first_gene_id + column``, padded with
+        ``pad_id``.
+
+        Args:
+            counts: the cell's counts over the tokenizer's genes.
+            key: draws the bin of values tied on several quantile edges with
+                ``values="bins"`` (`zoo.expression.value_binning.quantile_bins`); None
+                takes the middle of their bins. Unused with ``values="log1p"``.
 
         Raises:
             ValueError: when the tokenizer is not fitted or the counts are bad (see
                 `checked_medians` and `checked_counts`).
         """
-        scores = self.rank_scores(counts)
         expressed = counts > 0
-        _, order = jax.lax.top_k(jnp.where(expressed, scores, -jnp.inf), self.config.max_tokens)
+        if self.config.ordering == "rank":
+            # x / median orders as log1p(x / median) does, without float32 ties from log1p.
+            priority = self.normalise(counts) / self.checked_medians()
+        else:
+            priority = -jnp.arange(self.config.n_genes, dtype=jnp.float32)
+            counts = self.checked_counts(counts)
+        _, order = jax.lax.top_k(jnp.where(expressed, priority, -jnp.inf), self.config.max_tokens)
         mask = expressed[order]
-        ids = jnp.where(mask, order + N_SPECIAL, GENE_PAD)
-        values = jnp.where(mask, jnp.log1p(self.normalise(counts))[order], 0.0)
+        ids = jnp.where(mask, order + self.config.first_gene_id, self.config.pad_id)
+        if self.config.values == "log1p":
+            per_gene = jnp.log1p(self.normalise(counts))
+        else:
+            per_gene = quantile_bins(counts, self.config.n_bins, key=key)
+        values = jnp.where(mask, per_gene[order], 0.0)
         return GeneTokens(ids=ids.astype(jnp.int32), values=values, mask=mask)
+
+    def frame(self, tokens: GeneTokens) -> GeneTokens:
+        """The model's input sequence of ``sequence_length`` tokens: ``cls_id`` first and
+        ``eos_id`` right after the last gene, where those are set (value 0 and real, for
+        both); Geneformer V2's ``<cls> genes <eos>``."""
+        config = self.config
+        after_genes = tokens.mask.sum() + (config.cls_id is not None)
+
+        def framed(x: Array, pad: object, cls: object, eos: object) -> Array:
+            if config.cls_id is not None:
+                x = jnp.concatenate([jnp.asarray([cls], x.dtype), x])
+            if config.eos_id is not None:
+                x = jnp.concatenate([x, jnp.asarray([pad], x.dtype)])
+                x = x.at[after_genes].set(jnp.asarray(eos, x.dtype))
+            return x
+
+        return GeneTokens(
+            ids=framed(tokens.ids, config.pad_id, config.cls_id, config.eos_id),
+            values=framed(tokens.values, 0.0, 0.0, 0.0),
+            mask=framed(tokens.mask, False, True, True),
+        )
 
     def soft_ranks(
         self, counts: Real[Array, " n_genes"], temperature: float | Float[Array, ""] = 0.1
