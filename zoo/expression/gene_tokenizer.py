@@ -81,6 +81,8 @@ class GeneTokenizerConfig(Config):
         values: the value returned with each token: ``"log1p"`` (``log1p(x)``) or
             ``"bins"`` (the cell's quantile bin, 1 to ``n_bins - 1``, of its count).
         n_bins: number of bins with ``values="bins"`` (bin 0 is left for zero counts).
+        unused_ids: further ids of the vocabulary that the tokenizer never emits (scGPT's
+            ``<eoc>``); they count in `vocab_size`.
     """
 
     n_genes: int = 2000
@@ -94,6 +96,7 @@ class GeneTokenizerConfig(Config):
     ordering: str = "rank"
     values: str = "log1p"
     n_bins: int = 51
+    unused_ids: tuple[int, ...] = ()
 
     def validate(self) -> None:
         require_positive(
@@ -107,7 +110,7 @@ class GeneTokenizerConfig(Config):
         require_choice("values", self.values, ("log1p", "bins"))
         require(self.n_bins >= 3, f"n_bins must be at least 3, got {self.n_bins}")
         require(self.first_gene_id >= 0, f"first_gene_id must be >= 0, got {self.first_gene_id}")
-        special = self.special_ids
+        special = self.special_ids | {f"unused_ids[{i}]": v for i, v in enumerate(self.unused_ids)}
         require(
             len(set(special.values())) == len(special),
             f"special token ids must differ, got {special}",
@@ -129,8 +132,9 @@ class GeneTokenizerConfig(Config):
 
     @property
     def vocab_size(self) -> int:
-        """Number of token ids: one past the largest gene or special id."""
-        return max(self.first_gene_id + self.n_genes, max(self.special_ids.values()) + 1)
+        """Number of token ids: one past the largest gene, special or unused id."""
+        largest = max(*self.special_ids.values(), *self.unused_ids, -1)
+        return max(self.first_gene_id + self.n_genes, largest + 1)
 
     @property
     def sequence_length(self) -> int:
