@@ -4,7 +4,10 @@
 A block is multi-head self-attention followed by a position-wise MLP, each wrapped in a
 residual connection with dropout (Vaswani et al., 2017). With ``norm="pre"`` the layer norm
 is applied to each branch's input (Xiong et al., 2020); with ``norm="post"`` it is applied
-after each residual sum, as in BERT (Devlin et al., 2019).
+after each residual sum, as in BERT (Devlin et al., 2019). Options for imported
+architectures: rotary position embeddings on the queries and keys (`zoo.common.rotary`, as
+ESM-2 and Nucleotide Transformer v2), a SwiGLU feed-forward (Shazeer, 2020; NT v2) and MLP
+layers without biases.
 
 The stack builds ``n_layers`` identical blocks with `eqx.filter_vmap`, so every parameter
 has a leading layer axis, and runs them with `jax.lax.scan`: compile time does not grow with
@@ -23,6 +26,7 @@ from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from zoo.common.attention import attention
 from zoo.common.config import Config, require, require_choice, require_positive, require_probability
+from zoo.common.rotary import rotate
 
 # Each is rematerialised in the backward pass (`jax.checkpoint`): only its input is kept,
 # instead of the several intermediates of the erf or tanh derivative per hidden unit.
@@ -31,6 +35,7 @@ ACTIVATIONS = {
     "gelu_tanh": jax.checkpoint(lambda x: jax.nn.gelu(x, approximate=True)),
     "relu": jax.nn.relu,
 }
+FEED_FORWARDS = ("dense", "swiglu")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,9 +51,14 @@ class TransformerConfig(Config):
             embeddings while training.
         norm: ``"pre"`` (layer norm before each branch, a final norm after the stack) or
             ``"post"`` (BERT: layer norm after each residual sum and after the embeddings).
-        activation: the MLP nonlinearity: ``"gelu"`` (exact, erf-based, as BERT),
-            ``"gelu_tanh"`` or ``"relu"``.
+        activation: the nonlinearity of the dense MLP (and of a masked-LM head built on
+            the stack): ``"gelu"`` (exact, erf-based, as BERT), ``"gelu_tanh"`` or ``"relu"``.
         layer_norm_eps: epsilon of every layer norm.
+        rotary: whether queries and keys are rotated by their positions
+            (`zoo.common.rotary`) after the query is scaled by ``1 / sqrt(head_dim)``.
+        feed_forward: ``"dense"`` (``W2 act(W1 x)``) or ``"swiglu"`` (``W1`` maps to
+            ``2 * mlp_dim`` units, split into halves ``a, b``; ``W2 (silu(a) * b)``).
+        mlp_bias: whether the two MLP layers have biases.
     """
 
     dim: int = 64
@@ -59,6 +69,9 @@ class TransformerConfig(Config):
     norm: str = "pre"
     activation: str = "gelu"
     layer_norm_eps: float = 1e-5
+    rotary: bool = False
+    feed_forward: str = "dense"
+    mlp_bias: bool = True
 
     def validate(self) -> None:
         require_positive(
@@ -75,6 +88,11 @@ class TransformerConfig(Config):
         require_probability(dropout=self.dropout)
         require_choice("norm", self.norm, ("pre", "post"))
         require_choice("activation", self.activation, tuple(ACTIVATIONS))
+        require_choice("feed_forward", self.feed_forward, FEED_FORWARDS)
+        require(
+            not self.rotary or (self.dim // self.n_heads) % 2 == 0,
+            f"rotary embeddings need an even head dimension, got {self.dim // self.n_heads}",
+        )
 
 
 def dense(layer: eqx.Module, x: Float[Array, "n d_in"]) -> Float[Array, "n d_out"]:
@@ -132,6 +150,8 @@ class TransformerBlock(eqx.Module):
     n_heads: int = eqx.field(static=True)
     norm: str = eqx.field(static=True)
     activation: str = eqx.field(static=True)
+    rotary: bool = eqx.field(static=True)
+    feed_forward: str = eqx.field(static=True)
 
     def __init__(self, config: TransformerConfig, *, key: PRNGKeyArray):
         q, k, v, o, m1, m2 = jax.random.split(key, 6)
@@ -141,13 +161,18 @@ class TransformerBlock(eqx.Module):
         self.value = eqx.nn.Linear(dim, dim, key=v)
         self.attention_output = eqx.nn.Linear(dim, dim, key=o)
         self.attention_norm = eqx.nn.LayerNorm(dim, eps=config.layer_norm_eps)
-        self.mlp_input = eqx.nn.Linear(dim, config.mlp_dim, key=m1)
-        self.mlp_output = eqx.nn.Linear(config.mlp_dim, dim, key=m2)
+        gates = 2 if config.feed_forward == "swiglu" else 1
+        self.mlp_input = eqx.nn.Linear(
+            dim, gates * config.mlp_dim, use_bias=config.mlp_bias, key=m1
+        )
+        self.mlp_output = eqx.nn.Linear(config.mlp_dim, dim, use_bias=config.mlp_bias, key=m2)
         self.mlp_norm = eqx.nn.LayerNorm(dim, eps=config.layer_norm_eps)
         self.dropout = eqx.nn.Dropout(config.dropout)
         self.n_heads = config.n_heads
         self.norm = config.norm
         self.activation = config.activation
+        self.rotary = config.rotary
+        self.feed_forward = config.feed_forward
 
     def attention(
         self, x: Float[Array, "seq_len dim"], mask: Bool[Array, " seq_len"]
@@ -157,7 +182,8 @@ class TransformerBlock(eqx.Module):
         run as one matrix product over their weights stacked on a new leading axis, with
         ``1 / sqrt(head_dim)`` folded into the query's. Stacking, not concatenating, keeps
         each projection's output (head) axis whole, so a tensor-parallel shard of the heads
-        holds the same heads of all three and the product needs no gathered weight."""
+        holds the same heads of all three and the product needs no gathered weight. With
+        `rotary`, the scaled queries and the keys are then rotated by their positions."""
         seq_len, dim = x.shape
         head_dim = dim // self.n_heads
         projections = (self.query, self.key, self.value)
@@ -167,12 +193,18 @@ class TransformerBlock(eqx.Module):
         bias = jnp.stack([p.bias for p in projections]) * scale[:, None]
         qkv = jnp.einsum("sd,ped->pse", x, weight) + bias[:, None, :]
         q, k, v = qkv.reshape(3, seq_len, self.n_heads, head_dim).transpose(0, 2, 1, 3)
+        if self.rotary:
+            q, k = rotate(q), rotate(k)
         attended = attention(q, k, v, mask).transpose(1, 0, 2).reshape(seq_len, dim)
         return dense(self.attention_output, attended)
 
     def mlp(self, x: Float[Array, "seq_len dim"]) -> Float[Array, "seq_len dim"]:
-        """Position-wise two-layer MLP."""
-        return dense(self.mlp_output, ACTIVATIONS[self.activation](dense(self.mlp_input, x)))
+        """Position-wise two-layer MLP: dense or SwiGLU (see `TransformerConfig`)."""
+        hidden = dense(self.mlp_input, x)
+        if self.feed_forward == "swiglu":
+            gate, value = jnp.split(hidden, 2, axis=-1)
+            return dense(self.mlp_output, jax.nn.silu(gate) * value)
+        return dense(self.mlp_output, ACTIVATIONS[self.activation](hidden))
 
     def __call__(
         self,
@@ -218,15 +250,25 @@ class TransformerStack(eqx.Module):
         key: PRNGKeyArray | None = None,
     ) -> Float[Array, "seq_len dim"]:
         """Run every block in order over one sequence; `mask` marks the real positions."""
+        return self._scan(x, mask, key, keep_layers=False)[0]
+
+    def layer_outputs(
+        self, x: Float[Array, "seq_len dim"], mask: Bool[Array, " seq_len"]
+    ) -> Float[Array, "n_layers seq_len dim"]:
+        """The output of every block (without dropout): row ``i`` is what block ``i`` passes
+        on; the last row is what `__call__` returns."""
+        return self._scan(x, mask, None, keep_layers=True)[1]
+
+    def _scan(self, x, mask, key, *, keep_layers: bool):
         params, static = eqx.partition(self.layers, eqx.is_array)
         keys = None if key is None else jax.random.split(key, self.n_layers)
 
         def step(h, layer_and_key):
             layer_params, layer_key = layer_and_key
-            return eqx.combine(layer_params, static)(h, mask, key=layer_key), None
+            out = eqx.combine(layer_params, static)(h, mask, key=layer_key)
+            return out, out if keep_layers else None
 
-        out, _ = jax.lax.scan(step, x, (params, keys))
-        return out
+        return jax.lax.scan(step, x, (params, keys))
 
 
 class SplitTransformerStack(eqx.Module):

@@ -1,12 +1,19 @@
-"""`TransformerSequenceEncoder`: a BERT-style encoder of nucleotide sequences, as DNABERT
-(Ji et al., 2021) and RNA-FM (Chen et al., 2022).
+"""`TransformerSequenceEncoder`: a BERT-style encoder of nucleotide (or protein) sequences, as
+DNABERT (Ji et al., 2021), RNA-FM (Chen et al., 2022), Nucleotide Transformer (Dalla-Torre et
+al., 2024) and ESM-2 (Lin et al., 2023).
 
-Tokens (single nucleotides or k-mers, see `zoo.sequence.nucleotides.NucleotideTokenizer`) are
-embedded, given sinusoidal or learned positions, and run through the shared
-`zoo.common.transformer.TransformerStack` with padding masked out of attention. The sequence
-embedding is the mean of the real token states or the ``[CLS]`` state. A masked-language-model
-head (dense + activation + layer norm, then the transposed token embedding plus a bias, as in
-BERT) gives logits over the vocabulary.
+Tokens (single nucleotides or k-mers, see `zoo.sequence.nucleotides.NucleotideTokenizer`, or
+an imported checkpoint's own vocabulary, `zoo.sequence.vocabulary_tokenizer`) are embedded,
+given sinusoidal or learned positions (or none, when the stack rotates queries and keys),
+and run through the shared `zoo.common.transformer.TransformerStack` with padding masked out
+of attention. The sequence embedding is the mean of the real token states or the ``[CLS]``
+state. A masked-language-model head (dense + activation + layer norm, then the transposed
+token embedding, or an untied decoder matrix, plus a bias, as in BERT) gives logits over the
+vocabulary.
+
+ESM's token dropout (``token_dropout``): the embeddings of ``<mask>`` tokens are zeroed and
+all embeddings are multiplied by ``(1 - 0.15 * 0.8) / (1 - r)``, where ``r`` is the fraction
+of real tokens that are ``<mask>``; at inference on unmasked input that is 0.88.
 
 The input may also be a one-hot (or any soft) distribution over the vocabulary per
 position; it is projected with the token-embedding matrix, so ``one_hot(ids) @ E`` gives
@@ -35,6 +42,9 @@ from zoo.common.transformer import (
 )
 from zoo.sequence.cnn import SequenceOutput
 from zoo.sequence.nucleotides import PAD, NucleotideTokenizer
+from zoo.sequence.vocabulary_tokenizer import VocabularyTokenizer
+
+TRAINING_MASK_FRACTION = 0.15 * 0.8  # ESM's pretraining: 15% picked, 80% of those <mask>
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,15 +57,24 @@ class TransformerSequenceEncoderConfig(Config):
         kmer: letters per token.
         kmer_stride: letters between token starts: 1 overlapping, ``kmer`` non-overlapping.
         allow_n: whether N is accepted (as ``[UNK]``) or rejected.
-        max_len: most tokens per sequence, ``[CLS]`` included; the size of the learned
+        max_len: most tokens per sequence, special tokens included; the size of the learned
             position table.
-        positions: ``"learned"`` (BERT, DNABERT) or ``"sinusoidal"`` (fixed; the token
+        positions: ``"learned"`` (BERT, DNABERT, NT v1), ``"sinusoidal"`` (fixed; the token
             embeddings are then multiplied by ``sqrt(dim)``, as Vaswani et al. (2017) do, so
-            that they are not drowned by the unit-amplitude sinusoids).
+            that they are not drowned by the unit-amplitude sinusoids) or ``"none"`` (only
+            with ``transformer.rotary``, which then carries the positions: ESM-2, NT v2).
         pooling: sequence embedding from ``"mean"`` of real tokens or the ``"cls"`` token.
-        vocab_size: rows of the token-embedding table when token ids come from an external
-            tokenizer (an imported BERT's WordPiece or DNABERT k-mer vocabulary); None uses
-            the nucleotide tokenizer's vocabulary.
+        vocab_size: rows of the token-embedding table when token ids come from a tokenizer
+            the zoo does not have (an imported BERT's WordPiece vocabulary); None uses the
+            tokenizer's vocabulary.
+        vocabulary: a published checkpoint's tokenizer, by name (``"dnabert-6"``,
+            ``"nt-v1-6"``, ``"nt-v2-6"``, ``"esm2"``; see
+            `zoo.sequence.vocabulary_tokenizer`), used instead of the nucleotide tokenizer
+            (then `alphabet`, `kmer`, `kmer_stride` and `allow_n` must keep their defaults).
+        token_dropout: ESM's token-dropout rescaling of the embeddings (module docstring);
+            needs a `vocabulary` with a ``<mask>`` token.
+        tie_embeddings: whether the masked-LM head's decoder is the token-embedding matrix
+            (BERT, ESM-2) or a matrix of its own (NT).
     """
 
     transformer: TransformerConfig = dataclasses.field(default_factory=TransformerConfig)
@@ -67,22 +86,47 @@ class TransformerSequenceEncoderConfig(Config):
     positions: str = "learned"
     pooling: str = "mean"
     vocab_size: int | None = None
+    vocabulary: str | None = None
+    token_dropout: bool = False
+    tie_embeddings: bool = True
 
     def validate(self) -> None:
-        self.tokenizer  # noqa: B018  (validates alphabet, kmer and stride)
+        self.tokenizer  # noqa: B018  (validates alphabet, kmer and stride, or the vocabulary)
         require_positive(max_len=self.max_len)
-        require_choice("positions", self.positions, ("sinusoidal", "learned"))
+        require_choice("positions", self.positions, ("sinusoidal", "learned", "none"))
         require_choice("pooling", self.pooling, ("mean", "cls"))
         require(self.vocab_size is None or self.vocab_size > 0, "vocab_size must be positive")
         require(
             isinstance(self.transformer, TransformerConfig),
             "transformer must be a TransformerConfig",
         )
+        require(
+            self.positions != "none" or self.transformer.rotary,
+            'positions="none" needs transformer.rotary, or the model sees no positions',
+        )
+        if self.vocabulary is not None:
+            nucleotide = (self.alphabet, self.kmer, self.kmer_stride, self.allow_n)
+            require(
+                nucleotide == ("ACGT", 1, 1, True),
+                "with a vocabulary, alphabet, kmer, kmer_stride and allow_n keep their defaults",
+            )
+            require(self.vocab_size is None, "vocab_size and vocabulary are exclusive")
+        require(
+            not self.token_dropout or isinstance(self.tokenizer, VocabularyTokenizer),
+            "token_dropout needs a vocabulary with a mask token",
+        )
 
     @property
-    def tokenizer(self) -> NucleotideTokenizer:
+    def tokenizer(self) -> NucleotideTokenizer | VocabularyTokenizer:
         """The tokenizer this architecture reads."""
+        if self.vocabulary is not None:
+            return VocabularyTokenizer.from_name(self.vocabulary)
         return NucleotideTokenizer(self.alphabet, self.kmer, self.kmer_stride, self.allow_n)
+
+    @property
+    def pad_id(self) -> int:
+        """Id of the padding token."""
+        return PAD if self.vocabulary is None else self.tokenizer.pad_id
 
     @property
     def n_tokens(self) -> int:
@@ -102,12 +146,13 @@ class TransformerSequenceEncoder(eqx.Module):
     mlm_dense: eqx.nn.Linear
     mlm_norm: eqx.nn.LayerNorm
     mlm_bias: Float[Array, " vocab"]
+    mlm_decoder: Float[Array, "vocab dim"] | None
     config: TransformerSequenceEncoderConfig = eqx.field(static=True)
 
     def __init__(self, config: TransformerSequenceEncoderConfig, *, key: PRNGKeyArray):
         t = config.transformer
         vocab = config.n_tokens
-        token_key, position_key, stack_key, mlm_key = jax.random.split(key, 4)
+        token_key, position_key, stack_key, mlm_key, decoder_key = jax.random.split(key, 5)
         # Learned positions: BERT's 0.02. Sinusoidal: N(0, 1/dim), multiplied by sqrt(dim) in
         # `embed` (Vaswani et al.), so tokens enter at the sinusoids' unit amplitude.
         token_scale = 0.02 if config.positions == "learned" else t.dim**-0.5
@@ -127,17 +172,23 @@ class TransformerSequenceEncoder(eqx.Module):
         self.mlm_dense = eqx.nn.Linear(t.dim, t.dim, key=mlm_key)
         self.mlm_norm = eqx.nn.LayerNorm(t.dim, eps=t.layer_norm_eps)
         self.mlm_bias = jnp.zeros(vocab)
+        self.mlm_decoder = (
+            None if config.tie_embeddings else 0.02 * jax.random.normal(decoder_key, (vocab, t.dim))
+        )
         self.config = config
 
     @property
-    def tokenizer(self) -> NucleotideTokenizer:
+    def tokenizer(self) -> NucleotideTokenizer | VocabularyTokenizer:
         """The tokenizer whose ids this model reads."""
         return self.config.tokenizer
 
     def embed(
-        self, tokens: Int[Array, " seq_len"] | Float[Array, "seq_len vocab"]
+        self,
+        tokens: Int[Array, " seq_len"] | Float[Array, "seq_len vocab"],
+        mask: Bool[Array, " seq_len"] | None = None,
     ) -> Float[Array, "seq_len dim"]:
-        """Token (or soft one-hot) embeddings plus positions, before dropout and the stack."""
+        """Token (or soft one-hot) embeddings, with `token_dropout` rescaled over the real
+        positions of `mask` (default: all), plus positions; before dropout and the stack."""
         seq_len = tokens.shape[0]
         if seq_len > self.config.max_len:
             raise ValueError(
@@ -156,11 +207,30 @@ class TransformerSequenceEncoder(eqx.Module):
             x = weight[tokens]
         else:
             x = tokens @ weight
-        if self.position_embedding is None:
+        if self.config.token_dropout:
+            x = self._token_dropout(tokens, x, mask)
+        if self.config.positions == "sinusoidal":
             x = x * x.shape[-1] ** 0.5 + sinusoidal_positions(seq_len, x.shape[-1])
-        else:
+        elif self.config.positions == "learned":
             x = x + self.position_embedding.weight[:seq_len]
         return x if self.embedding_norm is None else normalise(self.embedding_norm, x)
+
+    def _token_dropout(
+        self,
+        tokens: Int[Array, " seq_len"] | Float[Array, "seq_len vocab"],
+        x: Float[Array, "seq_len dim"],
+        mask: Bool[Array, " seq_len"] | None,
+    ) -> Float[Array, "seq_len dim"]:
+        """ESM's token dropout (module docstring)."""
+        mask_id = self.tokenizer.mask_id
+        if jnp.issubdtype(tokens.dtype, jnp.integer):
+            is_mask = (tokens == mask_id).astype(x.dtype)
+        else:
+            is_mask = tokens[:, mask_id].astype(x.dtype)
+        n_real = x.shape[0] if mask is None else mask.sum()
+        observed = is_mask.sum() / jnp.maximum(n_real, 1)
+        x = x * (1 - is_mask)[:, None]
+        return x * (1 - TRAINING_MASK_FRACTION) / (1 - observed)
 
     def __call__(
         self,
@@ -173,8 +243,8 @@ class TransformerSequenceEncoder(eqx.Module):
 
         Args:
             tokens: token ids, or a distribution over the vocabulary at each position.
-            mask: True at real tokens; by default ids other than ``[PAD]`` (or, for soft
-                input, rows that are not all zero).
+            mask: True at real tokens; by default ids other than the tokenizer's padding
+                id (or, for soft input, rows that are not all zero).
             key: drives dropout; needed only while training with ``dropout > 0``.
 
         Returns:
@@ -182,18 +252,30 @@ class TransformerSequenceEncoder(eqx.Module):
         """
         if mask is None:
             integer = jnp.issubdtype(tokens.dtype, jnp.integer)
-            mask = tokens != PAD if integer else jnp.any(tokens != 0, axis=-1)
+            mask = tokens != self.config.pad_id if integer else jnp.any(tokens != 0, axis=-1)
         embedding_key, stack_key = (None, None) if key is None else jax.random.split(key)
-        x = dropout(self.embedding_dropout, self.embed(tokens), embedding_key)
+        x = dropout(self.embedding_dropout, self.embed(tokens, mask), embedding_key)
         hidden = self.stack(x, mask, key=stack_key)
         if self.final_norm is not None:
             hidden = normalise(self.final_norm, hidden)
         pooled = hidden[0] if self.config.pooling == "cls" else masked_mean(hidden, mask)
         return SequenceOutput(hidden=hidden, pooled=pooled)
 
+    def layer_states(
+        self,
+        tokens: Int[Array, " seq_len"] | Float[Array, "seq_len vocab"],
+        mask: Bool[Array, " seq_len"],
+    ) -> Float[Array, "n_states seq_len dim"]:
+        """The residual stream of one sequence without dropout: the embeddings, then the
+        output of every block (``n_layers + 1`` rows; the final norm is not applied)."""
+        x = self.embed(tokens, mask)
+        return jnp.concatenate([x[None], self.stack.layer_outputs(x, mask)])
+
     def mlm_logits(self, hidden: Float[Array, "n dim"]) -> Float[Array, "n vocab"]:
         """Masked-language-model logits for the given hidden states (pass only the masked
-        positions to save work)."""
+        positions to save work); the decoder is the token-embedding matrix unless the
+        model has an untied one."""
         activation = ACTIVATIONS[self.config.transformer.activation]
         h = normalise(self.mlm_norm, activation(dense(self.mlm_dense, hidden)))
-        return h @ self.token_embedding.weight.T + self.mlm_bias
+        decoder = self.token_embedding.weight if self.mlm_decoder is None else self.mlm_decoder
+        return h @ decoder.T + self.mlm_bias

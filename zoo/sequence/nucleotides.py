@@ -89,6 +89,29 @@ def one_hot(
     return x, mask
 
 
+def padded_batch(
+    encoded: Sequence[np.ndarray], pad_id: int, length: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Token-id arrays right-padded with `pad_id` into one batch.
+
+    Returns:
+        ``(ids, mask)`` of shape ``(batch, length)``: int32 ids and True at real tokens.
+        ``length`` defaults to the longest array.
+
+    Raises:
+        SequenceError: naming an array longer than ``length``.
+    """
+    length = max((len(e) for e in encoded), default=1) if length is None else length
+    ids = np.full((len(encoded), length), pad_id, np.int32)
+    mask = np.zeros((len(encoded), length), bool)
+    for i, e in enumerate(encoded):
+        if len(e) > length:
+            raise SequenceError(f"sequence {i} gives {len(e)} tokens, more than length={length}")
+        ids[i, : len(e)] = e
+        mask[i, : len(e)] = True
+    return ids, mask
+
+
 @dataclasses.dataclass(frozen=True)
 class NucleotideTokenizer:
     """Single-nucleotide or k-mer tokenizer with BERT-style special tokens.
@@ -148,16 +171,7 @@ class NucleotideTokenizer:
             SequenceError: on a letter that is not allowed, or a tokenisation longer than
                 ``length``.
         """
-        encoded = [self.encode(s) for s in sequences]
-        length = max((len(e) for e in encoded), default=1) if length is None else length
-        ids = np.full((len(encoded), length), PAD, np.int32)
-        for i, e in enumerate(encoded):
-            if len(e) > length:
-                raise SequenceError(
-                    f"sequence {i} gives {len(e)} tokens, more than length={length}"
-                )
-            ids[i, : len(e)] = e
-        return ids, ids != PAD
+        return padded_batch([self.encode(s) for s in sequences], PAD, length)
 
     def decode(self, ids: Sequence[int] | np.ndarray) -> list[str]:
         """The tokens of `ids`, padding dropped."""
