@@ -4,6 +4,7 @@ hidden states as PyTorch ``transformers``' ``BertModel`` on real, padded sentenc
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 
@@ -42,9 +43,10 @@ def minilm(minilm_folder):
 
 
 def test_minilm_hidden_states_match_transformers(minilm_folder, minilm):
-    tokenizer = transformers.BertTokenizerFast(vocab_file=str(minilm_folder / "vocab.txt"))
+    tokenizer = transformers.BertTokenizer.from_pretrained(minilm_folder)
     batch = tokenizer(SENTENCES, padding=True, return_tensors="np")
     ids, mask = batch["input_ids"], batch["attention_mask"].astype(bool)
+    assert not (ids == tokenizer.unk_token_id).any()  # the whole WordPiece vocabulary is read
     assert (~mask).sum() > 10  # the batch really is padded
 
     reference = transformers.BertModel.from_pretrained(minilm_folder, add_pooling_layer=False)
@@ -102,3 +104,95 @@ def test_missing_and_foreign_tensors_are_listed(minilm_folder, tmp_path):
 def test_a_transformers_config_is_not_loaded_as_a_biozoo_checkpoint(minilm_folder):
     with pytest.raises(CheckpointError, match="import_bert"):
         zoo.from_pretrained(minilm_folder)
+
+
+# DNABERT-6 (zhihan1996/DNA_bert_6; DNABERT repository bert-config-6/config.json,
+# REFERENCE_MODELS.md section 3): structural values exact, width and depth shrunk.
+DNABERT_6 = {
+    "attention_probs_dropout_prob": 0.1,
+    "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.1,
+    "layer_norm_eps": 1e-12,
+    "max_position_embeddings": 512,
+    "pad_token_id": 0,
+    "type_vocab_size": 2,
+    "vocab_size": 4101,
+    "hidden_size": 64,  # published 768
+    "num_attention_heads": 4,  # published 12
+    "num_hidden_layers": 2,  # published 12
+    "intermediate_size": 256,  # published 3072
+}
+DNABERT_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [
+    "".join(p) for p in itertools.product("ATCG", repeat=6)
+]
+
+
+@pytest.fixture(scope="module")
+def dnabert_folder(tmp_path_factory):
+    """A random BertForMaskedLM with DNABERT-6's configuration, in the Hub layout."""
+    torch.manual_seed(0)
+    reference = transformers.BertForMaskedLM(transformers.BertConfig(**DNABERT_6))
+    with torch.no_grad():  # non-trivial norms and biases, so a misplaced one shows
+        for name, parameter in reference.named_parameters():
+            if "LayerNorm" in name or name.endswith("bias"):
+                parameter.add_(0.1 * torch.randn_like(parameter))
+    folder = tmp_path_factory.mktemp("dnabert-6")
+    reference.save_pretrained(folder, safe_serialization=True)
+    (folder / "vocab.txt").write_text("\n".join(DNABERT_VOCAB) + "\n")
+    (folder / "tokenizer_config.json").write_text('{"do_lower_case": false, "max_len": 512}')
+    specials = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]"}
+    specials |= {"cls_token": "[CLS]", "mask_token": "[MASK]"}
+    (folder / "special_tokens_map.json").write_text(json.dumps(specials))
+    return folder
+
+
+def test_dnabert_matches_transformers_with_its_own_tokenizer(dnabert_folder, real_dna):
+    model = eqx.nn.inference_mode(import_bert(dnabert_folder))
+    assert model.config.vocabulary == "dnabert-6"
+    upper = [s.upper() for s in real_dna[:3]]  # DNABERT's vocabulary is upper case
+    dna = [upper[0][:40] + "N" + upper[0][41:61], upper[1][:37], upper[2][:75]]
+    ids, mask = model.tokenizer(dna)
+    reference_tokenizer = transformers.BertTokenizer.from_pretrained(dnabert_folder)
+    kmers = [" ".join(s[i : i + 6] for i in range(len(s) - 5)) for s in dna]
+    expected_batch = reference_tokenizer(kmers, padding=True, return_tensors="np")
+    np.testing.assert_array_equal(ids, expected_batch["input_ids"])
+    np.testing.assert_array_equal(mask, expected_batch["attention_mask"].astype(bool))
+    assert (ids == 1).sum() == 6  # the six k-mers holding the N are [UNK]
+    masked = ids.copy()
+    masked[0, 3] = model.tokenizer.mask_id
+
+    reference = transformers.BertForMaskedLM.from_pretrained(dnabert_folder).eval()
+    with torch.no_grad():
+        out = reference(
+            input_ids=torch.from_numpy(masked.astype(np.int64)),
+            attention_mask=torch.from_numpy(mask.astype(np.int64)),
+            output_hidden_states=True,
+        )
+    states = np.asarray(jax.vmap(model.layer_states)(masked, mask)).transpose(0, 2, 1, 3)
+    expected = np.stack([h.numpy() for h in out.hidden_states], axis=2)
+    assert states.shape == expected.shape
+    np.testing.assert_allclose(states[mask], expected[mask], atol=TOLERANCE, rtol=0)
+    result = jax.vmap(model)(masked, mask)
+    np.testing.assert_allclose(
+        np.asarray(result.pooled), expected[:, 0, -1], atol=TOLERANCE, rtol=0
+    )
+    logits = np.asarray(jax.vmap(model.mlm_logits)(result.hidden))
+    np.testing.assert_allclose(logits[mask], out.logits.numpy()[mask], atol=TOLERANCE, rtol=0)
+
+
+def test_a_kmer_vocabulary_that_is_not_dnabert_is_refused(dnabert_folder, tmp_path):
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(dnabert_folder / name, tmp_path / name)
+    acgt_order = DNABERT_VOCAB[:5] + ["".join(p) for p in itertools.product("ACGT", repeat=6)]
+    (tmp_path / "vocab.txt").write_text("\n".join(acgt_order) + "\n")
+    with pytest.raises(CheckpointError, match="line 7 is 'AAAAAC', expected 'AAAAAT'"):
+        import_bert(tmp_path)
+
+
+def test_a_pickle_only_bert_folder_is_refused_with_what_to_do(dnabert_folder, tmp_path):
+    for name in ("config.json", "vocab.txt"):
+        shutil.copy(dnabert_folder / name, tmp_path / name)
+    (tmp_path / "pytorch_model.bin").write_bytes(b"never unpickled")
+    with pytest.raises(CheckpointError, match=r"only PyTorch pickle.*refs/pr/N") as error:
+        import_bert(tmp_path)
+    assert "\n" not in str(error.value)
