@@ -1,4 +1,5 @@
-"""The hub subcommands of the ``biozoo`` console script: ``pull``, ``push``, ``card``, ``ls``.
+"""The hub subcommands of the ``biozoo`` console script: ``pull``, ``push``, ``card``, ``ls``,
+``export`` (to ``transformers``) and ``convert-bin`` (a PyTorch pickle to safetensors).
 
 `add_hub_commands` adds them to an `argparse` sub-parser set; each sets ``func``, which
 takes the parsed arguments and returns the exit status. ``python -m checkpoints.cli`` runs
@@ -22,20 +23,30 @@ from checkpoints.errors import CheckpointError
 from checkpoints.pretrained import CARD_FILE, open_weights, read_config
 from checkpoints.references import resolve
 from checkpoints.upload import push_to_hub
+from checkpoints.upstream import FAMILIES, load_upstream
+
+FORMATS = ("transformers",)
 
 
 def pull(args: argparse.Namespace) -> int:
-    """Download (or find in the cache) a checkpoint, check it, print its folder and its commit
-    (or, for a checkpoint shipped inside the package, the SHA-256 of its files)."""
+    """Download (or find in the cache) a checkpoint, check it (an upstream model by
+    converting it), print its folder and its commit (or, for a checkpoint shipped inside the
+    package, the SHA-256 of its files), and an upstream model's family and licence."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         folder, provenance = resolve(
             args.ref, revision=args.revision, local_files_only=args.local_files_only
         )
-    open_weights(folder)
+    if provenance.family is None:
+        open_weights(folder)
+    else:
+        load_upstream(folder, provenance.family)  # the conversion checks every tensor
     for warning in caught:
         print(f"warning: {warning.message}", file=sys.stderr)
     print(f"folder: {folder}")
+    if provenance.family is not None:
+        family = FAMILIES[provenance.family]
+        print(f"upstream: {family.title}, converted on load; licence: {family.licence}")
     if provenance.commit is not None:
         print(f"commit: {provenance.commit}")
     elif provenance.sha256:  # shipped inside the package: its digests identify it
@@ -75,7 +86,8 @@ def card(args: argparse.Namespace) -> int:
 
 
 def ls(args: argparse.Namespace) -> int:
-    """List the catalog: short name, pinned Hub revision, whether shipped, description."""
+    """List the catalog (short name, pinned Hub revision, whether shipped, description),
+    then the upstream families loaded by Hub id (family, Hub ids, licence and its source)."""
     if not CATALOG:
         print("the catalog is empty")
     for name, entry in sorted(CATALOG.items()):
@@ -84,13 +96,36 @@ def ls(args: argparse.Namespace) -> int:
             f"{entry.repo_id}@{entry.commit}" if entry.commit else f"{entry.repo_id} (not mirrored)"
         )
         print(f"{name}\t{hub}\t{where}\t{entry.description}")
+    print("\nupstream models, converted on load (zoo.from_pretrained / biozoo pull):")
+    for family in FAMILIES.values():
+        ids = ", ".join(family.hub_ids) or "any such folder or repository"
+        print(f"{family.title}\t{ids}\tlicence: {family.licence} ({family.licence_source})")
+    return 0
+
+
+def export(args: argparse.Namespace) -> int:
+    """Load a model and write it in ``--format`` (``transformers``) to a folder."""
+    from checkpoints.pretrained import from_pretrained
+    from checkpoints.transformers_export import export_transformers
+
+    model = from_pretrained(args.ref, revision=args.revision)
+    print(f"folder: {export_transformers(model, args.out)}")
+    return 0
+
+
+def convert_bin_command(args: argparse.Namespace) -> int:
+    """Convert a folder's PyTorch pickle weights to ``model.safetensors`` (needs torch)."""
+    from checkpoints.convert_bin import convert_bin
+
+    print(f"wrote {convert_bin(args.folder)}")
     return 0
 
 
 def add_hub_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``pull``, ``push``, ``card`` and ``ls`` to `subparsers`."""
+    """Add ``pull``, ``push``, ``card``, ``ls``, ``export`` and ``convert-bin`` to
+    `subparsers`."""
     p = subparsers.add_parser("pull", help="download a checkpoint and print its folder and commit")
-    p.add_argument("ref", help="org/name[@revision], a catalog name or a folder")
+    p.add_argument("ref", help="org/name[/folder][@revision], a catalog name or a folder")
     p.add_argument("--revision", help="branch, tag or commit SHA (instead of @revision)")
     p.add_argument("--local-files-only", action="store_true", help="use only the cache")
     p.set_defaults(func=pull)
@@ -109,8 +144,27 @@ def add_hub_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--write", action="store_true", help="write it to the folder's README.md")
     p.set_defaults(func=card)
 
-    p = subparsers.add_parser("ls", help="list the catalog of published checkpoints")
+    p = subparsers.add_parser(
+        "ls", help="list the catalog of published checkpoints and the upstream families"
+    )
     p.set_defaults(func=ls)
+
+    p = subparsers.add_parser(
+        "export", help="write a model as a transformers AutoModelForMaskedLM folder"
+    )
+    p.add_argument("ref", help="org/name[/folder][@revision], a catalog name or a folder")
+    p.add_argument("out", help="the folder to write")
+    p.add_argument("--format", choices=FORMATS, default="transformers")
+    p.add_argument("--revision", help="branch, tag or commit SHA (instead of @revision)")
+    p.set_defaults(func=export)
+
+    p = subparsers.add_parser(
+        "convert-bin",
+        help="on your own machine, with torch: write model.safetensors from a trusted "
+        "folder's pytorch_model.bin or best_model.pt (loads never read pickles)",
+    )
+    p.add_argument("folder")
+    p.set_defaults(func=convert_bin_command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,8 +41,16 @@ def download(
     cache_dir: str | os.PathLike | None = None,
     local_files_only: bool = False,
     token: str | None = None,
+    allow_patterns: list[str] | None = None,
+    required: tuple[str, ...] = ("config.json",),
 ) -> tuple[Path, str]:
     """The cached snapshot folder of `repo_id` at `revision` and its commit SHA.
+
+    Args:
+        allow_patterns: the repository paths to fetch (`fnmatch` patterns); by default a
+            biozoo checkpoint's files, `CHECKPOINT_FILES`.
+        required: repository paths of which at least one must be fetched, or the
+            repository holds no checkpoint.
 
     Raises:
         CheckpointError: for an unknown repository or revision, a revision that is not
@@ -57,7 +65,7 @@ def download(
                 cache_dir=cache_dir,
                 local_files_only=local_files_only,
                 token=token,
-                allow_patterns=CHECKPOINT_FILES,
+                allow_patterns=CHECKPOINT_FILES if allow_patterns is None else allow_patterns,
             )
         )
     except RevisionNotFoundError:
@@ -75,9 +83,9 @@ def download(
             f"(HF_HUB_OFFLINE=1, local_files_only=True, or the Hub is unreachable{cause}); "
             "load it once while online"
         ) from None
-    present = sorted(p.name for p in folder.iterdir())
-    if "config.json" not in present:
-        raise CheckpointError(f"{shown} holds no biozoo checkpoint (no config.json)")
+    present = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    if not set(required) & set(present):
+        raise CheckpointError(f"{shown} holds no checkpoint (no {' or '.join(required)})")
     verify_cached_snapshot(
         folder,
         present,

@@ -30,6 +30,7 @@ from checkpoints.card import CardDetails, render_card
 from checkpoints.errors import CheckpointError
 from checkpoints.references import Provenance, resolve
 from checkpoints.tree_keys import named_leaves, replace_leaves
+from checkpoints.upstream import load_upstream, read_json_object
 from zoo.common.config import Config, ConfigError
 from zoo.expression.gene_vocabulary import GENES_FILE, GeneMatchError, GeneVocabulary
 from zoo.registry import UnknownArchitectureError, architecture_of, lookup
@@ -110,12 +111,7 @@ def read_config(folder: Path) -> tuple[str, Config]:
     path = folder / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(f"{folder} has no {CONFIG_FILE}; it is not a checkpoint folder")
-    try:
-        data = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{path} is not valid JSON: {error}") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} must hold a JSON object")
+    data = read_json_object(path)
     if "model_type" in data and "format_version" not in data:
         raise CheckpointError(
             f"{path} is a transformers config (model_type {data['model_type']!r}), not a biozoo "
@@ -190,9 +186,14 @@ def from_pretrained(
 ) -> eqx.Module | tuple[eqx.Module, Provenance]:
     """Load a model from a local folder, a catalog short name or a Hub repository.
 
+    A folder (or Hub repository) in the layout of a published upstream model
+    (`checkpoints.upstream.FAMILIES`: ``config.json`` + ``model.safetensors`` + its
+    vocabulary, as on the Hub) is recognised from its files and converted on load.
+
     Args:
         ref: a checkpoint folder; a short name from `checkpoints.catalog.CATALOG`; or a Hub
-            repo id ``org/name``, optionally ``org/name@revision`` (branch, tag or commit).
+            repo id ``org/name``, optionally with a folder inside it and a revision,
+            ``org/name[/sub/folder][@revision]`` (branch, tag, commit or ``refs/pr/N``).
         revision: the Hub revision, instead of ``@revision``; unpinned loads (anything but
             a full commit SHA) warn with `UnpinnedRevisionWarning`.
         cache_dir: the Hugging Face cache folder (default ``HF_HUB_CACHE``).
@@ -200,9 +201,10 @@ def from_pretrained(
             revision from the cache or fail naming it.
         token: a Hub token for private repositories (default ``HF_TOKEN`` or the saved
             login); it is never printed, logged or written anywhere.
-        shardings: where to place the arrays (see `load_folder`).
-        with_provenance: also return the `Provenance`: the folder read and, for Hub and
-            catalog checkpoints, the repo id and the resolved commit SHA.
+        shardings: where to place the arrays (see `load_folder`; biozoo checkpoints only).
+        with_provenance: also return the `Provenance`: the folder read, the upstream
+            family converted (if any) and, for Hub and catalog checkpoints, the repo id and
+            the resolved commit SHA.
 
     Returns:
         The model, or ``(model, provenance)`` with ``with_provenance=True``.
@@ -210,13 +212,22 @@ def from_pretrained(
     Raises:
         CheckpointError: for a reference that resolves to nothing, a revision missing from
             the cache while offline, a corrupted download (naming the file and how to fetch
-            it again), an unknown architecture or config field, or missing, unexpected or
-            mismatched weights (listing every offending key).
+            it again), an unknown architecture or config field, missing, unexpected or
+            mismatched weights (listing every offending key), or an upstream model whose
+            weights are only a pickle (saying what to load instead).
     """
     folder, provenance = resolve(
         ref, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token
     )
-    model = load_folder(folder, shardings=shardings)
+    if provenance.family is None:
+        model = load_folder(folder, shardings=shardings)
+    elif shardings is not None:
+        raise CheckpointError(
+            f"{ref} is an upstream {provenance.family} model, converted on load; shardings "
+            "apply to biozoo checkpoints: save_pretrained the converted model and load that"
+        )
+    else:
+        model = load_upstream(folder, provenance.family)
     return (model, provenance) if with_provenance else model
 
 

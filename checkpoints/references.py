@@ -1,8 +1,14 @@
 """Turning a model reference into a checkpoint folder and a record of where it came from.
 
 A reference is, in this order of precedence: an existing local folder; a short name from
-`checkpoints.catalog.CATALOG`; or a Hub repository ``org/name``, optionally followed by
-``@revision`` (a branch, a tag or a commit SHA).
+`checkpoints.catalog.CATALOG`; or a Hub repository ``org/name``, optionally followed by a
+folder inside it and by ``@revision`` (a branch, a tag, a commit SHA or a pull-request ref
+such as ``refs/pr/2``): ``org/name[/sub/folder][@revision]``, for instance
+``ctheodoris/Geneformer/Geneformer-V1-10M@<sha>``. Everything after the first ``@`` is the
+revision, so a revision may hold slashes; the folder comes before it.
+
+A folder in the layout of a published upstream model (`checkpoints.upstream`) is recognised
+from its files; a Hub download then fetches only what its converter reads.
 """
 
 from __future__ import annotations
@@ -12,13 +18,18 @@ import os
 import re
 import warnings
 from pathlib import Path
+from typing import Any
 
+import huggingface_hub
+
+from checkpoints import upstream
 from checkpoints.catalog import CATALOG, CatalogEntry
-from checkpoints.download import download
+from checkpoints.download import CHECKPOINT_FILES, download
 from checkpoints.errors import CheckpointError
 from checkpoints.integrity import verify_digests
 
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+SUBFOLDER = re.compile(r"[\w.-]+(/[\w.-]+)*")
 COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
 
 
@@ -38,6 +49,10 @@ class Provenance:
         revision: the revision asked for (None: the default branch).
         commit: the commit SHA it resolved to (Hub checkpoints, and mirrored catalog ones).
         sha256: the verified SHA-256 of each file (catalog checkpoints).
+        subfolder: the folder inside the Hub repository that holds the model (None: its
+            root).
+        family: the upstream family (a key of `checkpoints.upstream.FAMILIES`) whose layout
+            the folder has and whose converter loads it; None for a biozoo checkpoint.
     """
 
     reference: str
@@ -47,6 +62,8 @@ class Provenance:
     revision: str | None = None
     commit: str | None = None
     sha256: dict[str, str] = dataclasses.field(default_factory=dict)
+    subfolder: str | None = None
+    family: str | None = None
 
     @property
     def pinned(self) -> bool:
@@ -55,7 +72,8 @@ class Provenance:
 
     def __str__(self) -> str:
         if self.repo_id is not None:
-            return f"{self.repo_id}@{self.commit}"
+            inside = f"/{self.subfolder}" if self.subfolder else ""
+            return f"{self.repo_id}{inside}@{self.commit}"
         if self.sha256:  # a catalog checkpoint that ships inside the package
             weights = "; ".join(
                 f"{name} sha256 {digest}"
@@ -66,17 +84,25 @@ class Provenance:
         return str(self.folder)
 
 
-def split_reference(ref: str, revision: str | None) -> tuple[str, str | None]:
-    """``(repo_id, revision)`` of a Hub reference ``org/name[@revision]``."""
-    repo_id, _, suffix = ref.partition("@")
-    if not REPO_ID.fullmatch(repo_id) or (ref.count("@") and not suffix):
+def split_reference(ref: str, revision: str | None) -> tuple[str, str | None, str | None]:
+    """``(repo_id, subfolder, revision)`` of a Hub reference
+    ``org/name[/sub/folder][@revision]`` (no folder: None)."""
+    path, _, suffix = ref.partition("@")
+    org, _, rest = path.partition("/")
+    name, _, subfolder = rest.partition("/")
+    repo_id = f"{org}/{name}"
+    well_formed = REPO_ID.fullmatch(repo_id) and (
+        (not subfolder and not path.endswith("/"))
+        or (SUBFOLDER.fullmatch(subfolder) and not {".", ".."} & set(subfolder.split("/")))
+    )
+    if not well_formed or (ref.count("@") and not suffix):
         raise CheckpointError(
             f"{ref!r} is not a checkpoint folder, a catalog name (known: {sorted(CATALOG)}) "
-            "or a Hub repository org/name[@revision]"
+            "or a Hub repository org/name[/sub/folder][@revision]"
         )
     if suffix and revision and suffix != revision:
         raise CheckpointError(f"{ref!r} names revision {suffix!r} but revision={revision!r}")
-    return repo_id, suffix or revision
+    return repo_id, subfolder or None, suffix or revision
 
 
 def resolve(
@@ -94,14 +120,26 @@ def resolve(
     text = os.fspath(ref)
     if Path(text).expanduser().is_dir():
         folder = Path(text).expanduser()
-        return folder, Provenance(text, "local", folder)
+        family = None
+        if upstream.is_upstream_layout(folder):
+            if not upstream.has_safetensors(folder):
+                upstream.refuse_pickle_weights(text, [p.name for p in folder.iterdir()])
+            family = upstream.detect_family(folder)
+        return folder, Provenance(text, "local", folder, family=family)
     if text in CATALOG:
         return _resolve_catalog(text, CATALOG[text], cache_dir, local_files_only, token)
-    repo_id, revision = split_reference(text, revision)
-    folder, commit = download(
-        repo_id, revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token
+    repo_id, subfolder, revision = split_reference(text, revision)
+    folder, commit, family = _download_model(
+        repo_id,
+        subfolder,
+        revision,
+        cache_dir=cache_dir,
+        local_files_only=local_files_only,
+        token=token,
     )
-    provenance = Provenance(text, "hub", folder, repo_id, revision, commit)
+    provenance = Provenance(
+        text, "hub", folder, repo_id, revision, commit, subfolder=subfolder, family=family
+    )
     if not provenance.pinned:
         warnings.warn(
             f"{repo_id} loaded unpinned at {revision or 'the default branch'!r}, which is commit "
@@ -110,6 +148,42 @@ def resolve(
             stacklevel=3,
         )
     return folder, provenance
+
+
+def _download_model(
+    repo_id: str, subfolder: str | None, revision: str | None, **client: Any
+) -> tuple[Path, str, str | None]:
+    """The model folder of a Hub reference, its commit and its upstream family (None: a
+    biozoo checkpoint). The config files come first; they decide what else is fetched."""
+    prefix = f"{subfolder}/" if subfolder else ""
+    configs = tuple(prefix + name for name in upstream.CONFIG_FILES)
+    root, commit = download(
+        repo_id, revision, allow_patterns=list(configs), required=configs, **client
+    )
+    folder = root / prefix
+    if not upstream.is_upstream_layout(folder):
+        patterns = [prefix + pattern for pattern in CHECKPOINT_FILES]
+        download(repo_id, commit, allow_patterns=patterns, required=configs[:1], **client)
+        return folder, commit, None
+    download(
+        repo_id, commit, allow_patterns=upstream.hub_patterns(prefix), required=configs, **client
+    )
+    if not upstream.has_safetensors(folder):
+        listing = _repository_files(repo_id, commit, client.get("token"))
+        upstream.refuse_pickle_weights(
+            f"{repo_id}{'/' + subfolder if subfolder else ''}@{commit}",
+            [name.removeprefix(prefix) for name in listing if name.startswith(prefix)],
+        )
+    return folder, commit, upstream.detect_family(folder)
+
+
+def _repository_files(repo_id: str, commit: str, token: str | None) -> list[str]:
+    """The repository's file paths at `commit`, or none when the Hub cannot be asked."""
+    try:  # a fresh client: it reads HF_ENDPOINT as it is now
+        info = huggingface_hub.HfApi().model_info(repo_id, revision=commit, token=token)
+    except Exception:  # offline, unreachable, refused: the error then names no pickle
+        return []
+    return [sibling.rfilename for sibling in info.siblings or ()]
 
 
 def _resolve_catalog(

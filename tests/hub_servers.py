@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -88,17 +89,22 @@ def commit_checkpoint(repo: Path, checkpoint: Path, message: str) -> str:
     for path in sorted(checkpoint.iterdir()):
         data = path.read_bytes()
         if path.suffix == ".safetensors":
-            oid = hashlib.sha256(data).hexdigest()
-            obj = repo / ".git" / "lfs" / "objects" / oid[:2] / oid[2:4] / oid
-            obj.parent.mkdir(parents=True, exist_ok=True)
-            obj.write_bytes(data)
-            data = (
-                f"version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {len(data)}\n"
-            ).encode()
+            data = lfs_pointer(repo, data)
         (repo / path.name).write_bytes(data)
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", message)
     return git(repo, "rev-parse", "HEAD")
+
+
+def lfs_pointer(repo: Path, data: bytes) -> bytes:
+    """Store `data` as a git-LFS object of the git folder `repo`; returns its pointer file."""
+    oid = hashlib.sha256(data).hexdigest()
+    obj = repo / ".git" / "lfs" / "objects" / oid[:2] / oid[2:4] / oid
+    obj.parent.mkdir(parents=True, exist_ok=True)
+    obj.write_bytes(data)
+    return (
+        f"version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {len(data)}\n".encode()
+    )
 
 
 def new_git_repo(mirrors: Path, repo_id: str) -> Path:
@@ -178,3 +184,29 @@ def client_environment(endpoint: str, cache: Path, token: str | None = None) -> 
     if token is not None:
         env["HF_TOKEN"] = token
     return env
+
+
+LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pkl")
+
+
+def commit_files(repo: Path, files: dict[str, bytes], message: str) -> str:
+    """Commit `files` (repository path -> bytes, in any folder) into the git folder `repo`,
+    replacing what it held; weights and pickles (`LFS_SUFFIXES`) become git-LFS pointers
+    with their objects in ``.git/lfs/objects``, as on the Hub. Returns the commit SHA."""
+    for old in repo.iterdir():
+        if old.is_dir() and old.name != ".git":
+            shutil.rmtree(old)
+        elif old.is_file():
+            old.unlink()
+    (repo / ".gitattributes").write_text(
+        "".join(f"*{suffix} filter=lfs diff=lfs merge=lfs -text\n" for suffix in LFS_SUFFIXES)
+    )
+    for name, data in sorted(files.items()):
+        if name.endswith(LFS_SUFFIXES):
+            data = lfs_pointer(repo, data)
+        path = repo / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", message)
+    return git(repo, "rev-parse", "HEAD")

@@ -1,0 +1,100 @@
+"""Export to PyTorch ``transformers``: the written folder loads with
+``AutoModelForMaskedLM`` without missing or unexpected weights, gives the zoo model's (and,
+for an imported model, the original torch model's) masked-LM logits within 1e-4, and
+imports back bit-equal."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import numpy as np
+import pytest
+import torch
+import transformers
+from upstream_models import (
+    DNABERT_IDS,
+    DNABERT_VOCAB,
+    TOLERANCE,
+    assert_same_arrays,
+    assert_same_logits,
+    random_arrays,
+    tiny_dnabert,
+    torch_logits,
+    zoo_logits,
+)
+
+import zoo
+from checkpoints import CheckpointError
+from checkpoints.cli import main as hub_cli
+from checkpoints.transformers_export import export_transformers
+
+
+def load_exported(folder) -> torch.nn.Module:
+    """``AutoModelForMaskedLM`` of `folder`, checked to take every tensor as written."""
+    model, info = transformers.AutoModelForMaskedLM.from_pretrained(
+        folder, output_loading_info=True
+    )
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    assert not info["mismatched_keys"], info
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def dnabert_folder(tmp_path_factory):
+    """A tiny DNABERT-3 (``BertForMaskedLM``) folder and its torch model."""
+    model = tiny_dnabert(seed=1)
+    folder = tmp_path_factory.mktemp("dnabert")
+    model.save_pretrained(folder, safe_serialization=True)
+    (folder / "vocab.txt").write_text("".join(t + "\n" for t in DNABERT_VOCAB))
+    return folder, model
+
+
+def test_imported_bert_exports_to_transformers_and_back(dnabert_folder, tmp_path):
+    folder, original = dnabert_folder
+    imported = zoo.from_pretrained(folder)
+    out = export_transformers(imported, tmp_path / "exported")
+    assert_same_logits(imported, load_exported(out), DNABERT_IDS)
+    assert_same_logits(imported, original, DNABERT_IDS)
+    assert (out / "vocab.txt").read_text().splitlines() == DNABERT_VOCAB
+    assert_same_arrays(zoo.from_pretrained(out), imported)
+
+
+def test_zoo_post_norm_encoder_exports_with_its_vocabulary(tmp_path):
+    transformer = zoo.TransformerConfig(
+        dim=32, n_layers=2, n_heads=4, mlp_dim=64, norm="post", activation="relu"
+    )
+    config = zoo.TransformerSequenceEncoderConfig(
+        transformer=transformer, kmer=2, positions="learned", max_len=32, pooling="cls"
+    )
+    key = jax.random.key(0)
+    model = random_arrays(eqx.filter_eval_shape(zoo.TransformerSequenceEncoder, config, key=key))
+    ids, mask = model.tokenizer(["ACGTTGCAAC"])
+    out = export_transformers(model, tmp_path / "exported")
+    reference = load_exported(out)
+    assert reference.config.hidden_act == "relu"
+    ours, theirs = zoo_logits(model, ids[0], mask[0]), torch_logits(reference, ids[0], mask[0])
+    np.testing.assert_allclose(ours[mask[0]], theirs[mask[0]], atol=TOLERANCE, rtol=0)
+    assert (out / "vocab.txt").read_text().splitlines() == list(model.tokenizer.vocab)
+
+
+def test_settings_without_a_transformers_equivalent_are_refused_by_name(tmp_path):
+    sinusoidal = zoo.TransformerSequenceEncoderConfig(
+        transformer=zoo.TransformerConfig(norm="post"), positions="sinusoidal"
+    )
+    key = jax.random.key(0)
+    model = eqx.filter_eval_shape(zoo.TransformerSequenceEncoder, sinusoidal, key=key)
+    with pytest.raises(CheckpointError, match="positions='sinusoidal'"):
+        export_transformers(model, tmp_path / "a")
+    hmm = eqx.filter_eval_shape(zoo.DifferentiableHMM, zoo.DifferentiableHMMConfig(), key=key)
+    with pytest.raises(CheckpointError, match="DifferentiableHMM has no transformers"):
+        export_transformers(hmm, tmp_path / "a")
+    assert not (tmp_path / "a").exists()
+
+
+def test_export_command_writes_a_loadable_folder(dnabert_folder, tmp_path, capsys):
+    folder, original = dnabert_folder
+    out = tmp_path / "exported"
+    assert hub_cli(["export", str(folder), str(out), "--format", "transformers"]) == 0
+    assert f"folder: {out}" in capsys.readouterr().out
+    assert_same_logits(zoo.from_pretrained(out), load_exported(out), DNABERT_IDS)
+    assert_same_logits(zoo.from_pretrained(out), original, DNABERT_IDS)

@@ -1,0 +1,153 @@
+"""Published upstream models loaded by their Hub ids from a real Hub mirror (olah, offline on
+127.0.0.1), converted on load, with the outputs of the PyTorch ``transformers`` model.
+
+Each repository holds tiny random models built with ``transformers`` and saved with
+``safe_serialization=True``, under exactly the upstream file names, beside the files a load
+must never fetch (``pytorch_model.bin``, the repository's Python code). ``DNA_bert_3``'s
+``main`` has only ``pytorch_model.bin``, as upstream; its safetensors sit on a branch
+``convert``, as the Hub's conversion bot leaves them on ``refs/pr/N`` (which olah does not
+serve; `test_hub_references_name_a_folder_and_a_revision_with_slashes` parses that form).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+
+import pytest
+import torch
+import transformers
+from hub_servers import commit_files, git, new_git_repo, point_client_at, start_olah, stop
+from upstream_models import DNABERT_IDS, DNABERT_VOCAB, assert_same_logits, tiny_dnabert
+
+import zoo
+from checkpoints import CheckpointError, UnpinnedRevisionWarning
+from checkpoints.cli import main as hub_cli
+from checkpoints.references import split_reference
+
+DNABERT = "zhihan1996/DNA_bert_3"
+NEVER_FETCHED = ("pytorch_model.bin", "dnabert_layer.py", "configuration_bert.py")
+
+
+def pickled_state(model: torch.nn.Module) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getvalue()
+
+
+def dnabert_files(model: transformers.BertForMaskedLM, folder) -> dict[str, bytes]:
+    """DNA_bert_k's files on the Hub: config with its custom-code auto_map, the code, the
+    tokenizer files, LICENSE and ``pytorch_model.bin``."""
+    model.save_pretrained(folder, safe_serialization=True)
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForMaskedLM": "dnabert_layer.BertForMaskedLM"}
+    return {
+        "config.json": json.dumps(config, indent=2).encode(),
+        "configuration_bert.py": b"raise SystemExit('remote code ran')\n",
+        "dnabert_layer.py": b"raise SystemExit('remote code ran')\n",
+        "pytorch_model.bin": pickled_state(model),
+        "special_tokens_map.json": json.dumps(
+            {t: f"[{t[:3].upper()}]" for t in ("unk_token", "sep_token", "pad_token")}
+        ).encode(),
+        "tokenizer_config.json": b'{"do_lower_case": false, "max_len": 512}',
+        "vocab.txt": "".join(t + "\n" for t in DNABERT_VOCAB).encode(),
+        "LICENSE": b"licence text\n",
+    }
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    """``(endpoint, torch models, commits)`` of olah serving the repositories above."""
+    scratch = tmp_path_factory.mktemp("upstream-hub")
+    mirrors = scratch / "mirrors"
+    dnabert = tiny_dnabert(seed=0)
+    files = dnabert_files(dnabert, scratch / "dnabert")
+    repo = new_git_repo(mirrors, DNABERT)
+    commits = {"dnabert main": commit_files(repo, files, "upstream: pytorch_model.bin only")}
+    safetensors = (scratch / "dnabert" / "model.safetensors").read_bytes()
+    git(repo, "checkout", "-q", "-b", "convert")
+    commits["dnabert pr"] = commit_files(
+        repo, files | {"model.safetensors": safetensors}, "Adding `safetensors` variant"
+    )
+    git(repo, "checkout", "-q", "main")
+    process, endpoint = start_olah(mirrors, scratch)
+    yield endpoint, {"dnabert": dnabert, "dnabert files": files}, commits
+    stop(process)
+
+
+def test_dnabert_loads_by_hub_id_at_the_conversion_commit(hub, tmp_path, monkeypatch):
+    endpoint, models, commits = hub
+    point_client_at(monkeypatch, endpoint, tmp_path / "cache")
+    ref = f"{DNABERT}@{commits['dnabert pr']}"
+    model, provenance = zoo.from_pretrained(ref, with_provenance=True)
+    assert provenance.commit == commits["dnabert pr"] and provenance.pinned
+    assert provenance.family == "dnabert" and str(provenance) == ref
+    fetched = {p.name for p in provenance.folder.rglob("*")}
+    assert not fetched & set(NEVER_FETCHED), fetched
+    assert_same_logits(model, models["dnabert"], DNABERT_IDS)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, by_pr = zoo.from_pretrained(f"{DNABERT}@convert", with_provenance=True)
+    assert by_pr.commit == commits["dnabert pr"]
+    assert any(issubclass(w.category, UnpinnedRevisionWarning) for w in caught)
+
+
+def test_pickle_only_repository_is_refused_with_what_to_do(hub, tmp_path, monkeypatch):
+    endpoint, _, commits = hub
+    point_client_at(monkeypatch, endpoint, tmp_path / "cache")
+    with pytest.raises(CheckpointError) as error:
+        zoo.from_pretrained(f"{DNABERT}@{commits['dnabert main']}")
+    message = str(error.value)
+    assert "\n" not in message
+    assert "only pytorch_model.bin" in message and "refs/pr/N" in message
+    assert "biozoo convert-bin" in message
+
+
+def test_pull_reports_commit_family_and_licence(hub, tmp_path, monkeypatch, capsys):
+    endpoint, _, commits = hub
+    point_client_at(monkeypatch, endpoint, tmp_path / "cache")
+    assert hub_cli(["pull", f"{DNABERT}@{commits['dnabert pr']}"]) == 0
+    out = capsys.readouterr().out
+    assert f"commit: {commits['dnabert pr']}" in out and "upstream: DNABERT" in out
+    assert hub_cli(["pull", f"{DNABERT}@{commits['dnabert main']}"]) == 1
+    assert "only pytorch_model.bin" in capsys.readouterr().err
+
+
+def test_convert_bin_makes_a_pickle_only_folder_loadable(hub, tmp_path, capsys):
+    _, models, _ = hub
+    folder = tmp_path / "DNA_bert_3"
+    folder.mkdir()
+    for name, data in models["dnabert files"].items():
+        (folder / name).write_bytes(data)
+    with pytest.raises(CheckpointError, match=r"only pytorch_model\.bin"):
+        zoo.from_pretrained(folder)
+    assert hub_cli(["convert-bin", str(folder)]) == 0
+    assert_same_logits(zoo.from_pretrained(folder), models["dnabert"], DNABERT_IDS)
+    assert hub_cli(["convert-bin", str(folder)]) == 1  # it exists now: nothing overwritten
+    assert "exists already" in capsys.readouterr().err
+
+
+def test_ls_lists_upstream_families_with_licences(capsys):
+    assert hub_cli(["ls"]) == 0
+    out = capsys.readouterr().out
+    assert "dna-encoder-tiny" in out  # the catalog stays
+    assert "zhihan1996/DNA_bert_6" in out and "licence:" in out
+
+
+def test_hub_references_name_a_folder_and_a_revision_with_slashes():
+    cases = {
+        "ctheodoris/Geneformer/Geneformer-V1-10M@refs/pr/2": (
+            "ctheodoris/Geneformer",
+            "Geneformer-V1-10M",
+            "refs/pr/2",
+        ),
+        "zhihan1996/DNA_bert_6@main": ("zhihan1996/DNA_bert_6", None, "main"),
+        "org/name/a/b": ("org/name", "a/b", None),
+    }
+    for ref, expected in cases.items():
+        assert split_reference(ref, None) == expected
+    for bad in ("org/name/../x", "org/name/", "org/name@"):
+        with pytest.raises(CheckpointError, match="org/name\\[/sub/folder\\]"):
+            split_reference(bad, None)

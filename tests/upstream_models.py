@@ -1,0 +1,90 @@
+"""Tiny upstream models built with PyTorch ``transformers`` for the import, Hub and export
+tests, and the comparisons of their outputs with the zoo's."""
+
+from __future__ import annotations
+
+import itertools
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+import transformers
+
+from checkpoints.tree_keys import named_leaves, replace_leaves
+
+TOLERANCE = 1e-4  # float32 logits through two layers, both sides in float32
+DNABERT_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [
+    "".join(p) for p in itertools.product("ATCG", repeat=3)
+]
+DNABERT_IDS = np.array([2, 5, 17, 30, 68, 6, 3, 0, 0])  # [CLS] 5 k-mers [SEP], right-padded
+
+
+def tiny_dnabert(seed: int) -> transformers.BertForMaskedLM:
+    """A random DNABERT-3 shaped ``BertForMaskedLM`` (2 layers, 32 wide), in eval mode."""
+    config = transformers.BertConfig(
+        vocab_size=len(DNABERT_VOCAB),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        pad_token_id=0,
+    )
+    torch.manual_seed(seed)
+    return transformers.BertForMaskedLM(config).eval()
+
+
+def torch_logits(model: torch.nn.Module, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The torch masked-LM logits of one sequence (``(seq_len, vocab)``)."""
+    with torch.no_grad():
+        out = model(
+            input_ids=torch.from_numpy(ids[None]),
+            attention_mask=torch.from_numpy(mask[None].astype(np.int64)),
+        )
+    return out.logits[0].numpy()
+
+
+def zoo_logits(model: eqx.Module, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The zoo encoder's masked-LM logits of one sequence, without dropout."""
+    model = eqx.nn.inference_mode(model)
+    hidden = model(jnp.asarray(ids, jnp.int32), jnp.asarray(mask)).hidden
+    return np.asarray(model.mlm_logits(hidden))
+
+
+def assert_same_logits(
+    model: eqx.Module, reference: torch.nn.Module, ids: np.ndarray, pad_id: int = 0
+) -> None:
+    """The zoo model's logits at the real tokens equal the torch model's within TOLERANCE."""
+    mask = ids != pad_id
+    expected = torch_logits(reference, ids, mask)
+    np.testing.assert_allclose(
+        zoo_logits(model, ids, mask)[mask], expected[mask], atol=TOLERANCE, rtol=0
+    )
+
+
+def assert_same_arrays(a: eqx.Module, b: eqx.Module) -> None:
+    """Both models hold the same arrays under the same flat keys, bit for bit."""
+    left, right = named_leaves(a, eqx.is_array), named_leaves(b, eqx.is_array)
+    assert sorted(left) == sorted(right)
+    for key, value in left.items():
+        assert value.dtype == right[key].dtype, key
+        np.testing.assert_array_equal(np.asarray(value), np.asarray(right[key]), err_msg=key)
+
+
+def random_arrays(skeleton: eqx.Module, seed: int = 0) -> eqx.Module:
+    """`skeleton` (from `eqx.filter_eval_shape`) filled with random normal arrays, layer-norm
+    scales near 1: a random model without compiling its initialisers."""
+
+    def is_shape(leaf) -> bool:
+        return isinstance(leaf, jax.ShapeDtypeStruct)
+
+    rng = np.random.default_rng(seed)
+    values = {
+        key: jnp.asarray(
+            ("norm.weight" in key) + 0.2 * rng.standard_normal(shape.shape), shape.dtype
+        )
+        for key, shape in named_leaves(skeleton, is_shape).items()
+    }
+    return replace_leaves(skeleton, is_shape, values)
