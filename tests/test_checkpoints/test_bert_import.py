@@ -168,16 +168,21 @@ def test_dnabert_matches_transformers_with_its_own_tokenizer(dnabert_folder, rea
             attention_mask=torch.from_numpy(mask.astype(np.int64)),
             output_hidden_states=True,
         )
-    states = np.asarray(jax.vmap(model.layer_states)(masked, mask)).transpose(0, 2, 1, 3)
+    states, pooled, logits = (np.asarray(x) for x in zoo_outputs(model, masked, mask))
+    states = states.transpose(0, 2, 1, 3)
     expected = np.stack([h.numpy() for h in out.hidden_states], axis=2)
     assert states.shape == expected.shape
     np.testing.assert_allclose(states[mask], expected[mask], atol=TOLERANCE, rtol=0)
-    result = jax.vmap(model)(masked, mask)
-    np.testing.assert_allclose(
-        np.asarray(result.pooled), expected[:, 0, -1], atol=TOLERANCE, rtol=0
-    )
-    logits = np.asarray(jax.vmap(model.mlm_logits)(result.hidden))
+    np.testing.assert_allclose(pooled, expected[:, 0, -1], atol=TOLERANCE, rtol=0)
     np.testing.assert_allclose(logits[mask], out.logits.numpy()[mask], atol=TOLERANCE, rtol=0)
+
+
+@eqx.filter_jit
+def zoo_outputs(model, ids, mask):
+    """A batch's per-layer states, [CLS] embeddings and masked-LM logits, compiled once."""
+    out = jax.vmap(model)(ids, mask)
+    logits = jax.vmap(model.mlm_logits)(out.hidden)
+    return jax.vmap(model.layer_states)(ids, mask), out.pooled, logits
 
 
 def test_a_kmer_vocabulary_that_is_not_dnabert_is_refused(dnabert_folder, tmp_path):

@@ -188,6 +188,15 @@ def dna(shared_data):
     return [first[:30] + "N" + first[31:], sequences[1][:47], sequences[2][500:583]]
 
 
+@eqx.filter_jit
+def zoo_outputs(model, ids, mask):
+    """A batch's per-layer states, hidden states, pooled embeddings and masked-LM logits,
+    compiled once."""
+    out = jax.vmap(model)(ids, mask)
+    states = jax.vmap(model.layer_states)(ids, mask)
+    return states, out.hidden, out.pooled, jax.vmap(model.mlm_logits)(out.hidden)
+
+
 def reference_tokenizer(folder, variant):
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     if variant == "nt-v1":  # NT adds no <eos> (transformers PR #22770); v1's files name none
@@ -222,7 +231,8 @@ def test_esm_family_matches_transformers_layer_by_layer(upstream, dna):
         ).last_hidden_state.numpy()
     # transformers' hidden_states: the embeddings, every layer's output, the last one after
     # emb_layer_norm_after (compared below as the encoder's hidden states)
-    states = np.asarray(jax.vmap(model.layer_states)(masked, mask))[:, :-1]
+    states, hidden, pooled, logits = (np.asarray(x) for x in zoo_outputs(model, masked, mask))
+    states = states[:, :-1]
     expected_states = np.stack([h.numpy() for h in out.hidden_states[:-1]], axis=1)
     assert (
         states.shape
@@ -235,12 +245,9 @@ def test_esm_family_matches_transformers_layer_by_layer(upstream, dna):
         atol=TOLERANCE,
         rtol=0,
     )
-    result = jax.vmap(model)(masked, mask)
-    hidden = np.asarray(result.hidden)
     np.testing.assert_allclose(hidden[mask], last[mask], atol=TOLERANCE, rtol=0)
-    pooled = (last * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
-    np.testing.assert_allclose(np.asarray(result.pooled), pooled, atol=TOLERANCE, rtol=0)
-    logits = np.asarray(jax.vmap(model.mlm_logits)(result.hidden))
+    expected_pooled = (last * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+    np.testing.assert_allclose(pooled, expected_pooled, atol=TOLERANCE, rtol=0)
     np.testing.assert_allclose(logits[mask], out.logits.numpy()[mask], atol=TOLERANCE, rtol=0)
 
 
