@@ -35,6 +35,7 @@ from zoo.registry import ARCHITECTURES, UnknownArchitectureError
 from zoo.sequence.cnn import SequenceEmbedding, SequenceEmbeddingConfig, SequenceOutput
 from zoo.sequence.encoder import TransformerSequenceEncoder, TransformerSequenceEncoderConfig
 from zoo.sequence.nucleotides import NucleotideTokenizer, SequenceError, one_hot
+from zoo.sequence.vocabulary_tokenizer import VocabularyTokenizer
 from zoo.task.model import TaskModel, TaskModelConfig
 from zoo.umap.model import DifferentiableUMAP, DifferentiableUMAPConfig, UMAPDriftWarning
 from zoo.vae.fit import annotate_vae, fit_vae
@@ -95,6 +96,7 @@ __all__ = [
     "VAENormalizer",
     "VAENormalizerConfig",
     "VAETrainingConfig",
+    "VocabularyTokenizer",
     "WaldTest",
     "annotate_vae",
     "differential_expression",
