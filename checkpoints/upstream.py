@@ -18,15 +18,22 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import itertools
 import json
 from collections.abc import Callable
 from pathlib import Path
 
 import equinox as eqx
 
-from checkpoints.bert_import import import_bert
+from checkpoints.bert_import import dnabert_kmer, import_bert
 from checkpoints.errors import CheckpointError
+from checkpoints.esm_import import esm_variant, import_esm
+from checkpoints.geneformer_import import (
+    DICTIONARIES,
+    find_geneformer_dictionaries,
+    import_geneformer,
+    read_token_dictionary,
+)
+from checkpoints.scgpt_import import import_scgpt
 
 CONFIG_FILES = ("config.json", "args.json")
 # What the converters read inside the model folder (never code, pickles or other weights).
@@ -42,7 +49,6 @@ MODEL_FILES = [
 ]
 SAFETENSORS_FILES = ("model.safetensors", "model.safetensors.index.json")
 PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
-NUCLEOTIDES = "ATCG"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,13 +71,76 @@ class UpstreamFamily:
     load: Callable[[Path], eqx.Module]
 
 
+def load_geneformer(folder: Path) -> eqx.Module:
+    """Convert a Geneformer model folder with the dictionaries of its repository (the
+    folder's own ``geneformer/`` or its parent's, as in ``ctheodoris/Geneformer``) whose
+    token count matches the model's vocabulary."""
+    root, version = geneformer_dictionaries(folder)
+    token_dictionary, gene_medians = find_geneformer_dictionaries(root, version)
+    return import_geneformer(
+        folder, token_dictionary=token_dictionary, gene_medians=gene_medians, version=version
+    )
+
+
+def nucleotide_transformer(version: str, names: tuple[str, ...]) -> UpstreamFamily:
+    """The Nucleotide Transformer `version` family of repositories
+    ``InstaDeepAI/nucleotide-transformer-<name>``, CC BY-NC-SA 4.0."""
+    return UpstreamFamily(
+        title=f"Nucleotide Transformer {version}",
+        hub_ids=tuple(f"InstaDeepAI/nucleotide-transformer-{name}" for name in names),
+        licence="CC BY-NC-SA 4.0 (non-commercial, share-alike)",
+        licence_source="the InstaDeepAI/nucleotide-transformer model cards and repository",
+        load=import_esm,
+    )
+
+
+GENEFORMER_LICENCE_SOURCE = "the ctheodoris/Geneformer model card (license: apache-2.0)"
+ESM2_MODELS = ("t6_8M", "t12_35M", "t30_150M", "t33_650M", "t36_3B", "t48_15B")
 FAMILIES: dict[str, UpstreamFamily] = {
+    "geneformer-v1": UpstreamFamily(
+        title="Geneformer V1",
+        hub_ids=("ctheodoris/Geneformer/Geneformer-V1-10M",),
+        licence="Apache-2.0",
+        licence_source=GENEFORMER_LICENCE_SOURCE,
+        load=load_geneformer,
+    ),
+    "geneformer-v2": UpstreamFamily(
+        title="Geneformer V2",
+        hub_ids=(
+            "ctheodoris/Geneformer (its root is V2-316M)",
+            "ctheodoris/Geneformer/Geneformer-V2-104M",
+            "ctheodoris/Geneformer/Geneformer-V2-316M",
+        ),
+        licence="Apache-2.0",
+        licence_source=GENEFORMER_LICENCE_SOURCE,
+        load=load_geneformer,
+    ),
+    "nt-v1": nucleotide_transformer(
+        "v1", ("500m-human-ref", "500m-1000g", "2.5b-1000g", "2.5b-multi-species")
+    ),
+    "nt-v2": nucleotide_transformer(
+        "v2", tuple(f"v2-{size}-multi-species" for size in ("50m", "100m", "250m", "500m"))
+    ),
     "dnabert": UpstreamFamily(
         title="DNABERT (k = 3, 4, 5, 6)",
         hub_ids=tuple(f"zhihan1996/DNA_bert_{k}" for k in (3, 4, 5, 6)),
         licence="see upstream",
         licence_source="the LICENSE file in each zhihan1996/DNA_bert_k repository",
         load=import_bert,
+    ),
+    "scgpt": UpstreamFamily(
+        title="scGPT whole-human",
+        hub_ids=("u-cellm/scGPT-whole-human (a mirror of the authors' Google Drive folder)",),
+        licence="MIT",
+        licence_source="the LICENSE file of github.com/bowang-lab/scGPT",
+        load=import_scgpt,
+    ),
+    "esm2": UpstreamFamily(
+        title="ESM-2",
+        hub_ids=tuple(f"facebook/esm2_{name}_UR50D" for name in ESM2_MODELS),
+        licence="MIT",
+        licence_source="the facebook/esm2_* model cards (license: mit)",
+        load=import_esm,
     ),
     "bert": UpstreamFamily(
         title="BERT masked-language models (other BertForMaskedLM / BertModel folders)",
@@ -98,8 +167,10 @@ def is_upstream_layout(folder: Path) -> bool:
 
 def hub_patterns(prefix: str) -> list[str]:
     """The repository paths a Hub download of an upstream model in folder `prefix` (``""``
-    or ``"sub/folder/"``) fetches."""
-    return [prefix + name for name in MODEL_FILES]
+    or ``"sub/folder/"``) fetches: its `MODEL_FILES`, and Geneformer's token and gene median
+    dictionaries at the repository root (read with the restricted unpickler only)."""
+    dictionaries = [path for pair in DICTIONARIES.values() for path in pair]
+    return [prefix + name for name in MODEL_FILES] + dictionaries
 
 
 def has_safetensors(folder: Path) -> bool:
@@ -120,38 +191,67 @@ def refuse_pickle_weights(where: str, names: list[str]) -> None:
 
 
 def detect_family(folder: Path) -> str:
-    """The key in `FAMILIES` of the upstream model in `folder`, from its files alone.
+    """The key in `FAMILIES` of the upstream model in `folder`, from its files alone:
+    ``args.json`` + ``vocab.json`` is scGPT; a ``config.json`` is classified by
+    `checkpoints.esm_import.esm_variant` (ESM-2, NT v1, NT v2); a BERT is DNABERT when its
+    ``vocab.txt`` is a k-mer vocabulary, Geneformer when it has no ``vocab.txt`` and sits
+    in a Geneformer repository (`geneformer_root`), and any other BERT otherwise.
 
     Raises:
         CheckpointError: naming what the folder holds when no supported family matches.
     """
-    config = read_json_object(folder / "config.json") if (folder / "config.json").is_file() else {}
-    model_type = config.get("model_type")
-    if model_type == "bert":
-        vocab = read_vocab(folder)
-        return "dnabert" if vocab is not None and kmer_size(vocab) is not None else "bert"
-    described = f"model_type {model_type!r}" if config else "no config.json"
+    if not (folder / "config.json").is_file():
+        if (folder / "vocab.json").is_file():
+            return "scgpt"
+        raise CheckpointError(f"{folder} has args.json but no vocab.json, as scGPT folders have")
+    config = read_json_object(folder / "config.json")
+    variant = esm_variant(config)
+    if variant in ("esm2", "nt-v1", "nt-v2"):
+        return variant
+    vocab = folder / "vocab.txt"
+    if config.get("model_type") == "bert":
+        if vocab.is_file() and dnabert_kmer(vocab.read_text().splitlines()) is not None:
+            return "dnabert"
+        if not vocab.is_file() and geneformer_root(folder) is not None:
+            return "geneformer-" + geneformer_dictionaries(folder)[1].lower()
+        return "bert"
     raise CheckpointError(
-        f"{folder} is not in a layout biozoo converts ({described}); supported upstream "
-        f"families: {', '.join(f.title for f in FAMILIES.values())}"
+        f"{folder} is not in a layout biozoo converts (model_type "
+        f"{config.get('model_type')!r}, vocab_size {config.get('vocab_size')!r}); supported "
+        f"upstream families: {', '.join(f.title for f in FAMILIES.values())}"
     )
 
 
-def read_vocab(folder: Path) -> list[str] | None:
-    """The tokens of ``vocab.txt``, one a line, or None without one."""
-    path = folder / "vocab.txt"
-    if not path.is_file():
-        return None
-    return path.read_text(encoding="utf-8").splitlines()
+def geneformer_root(folder: Path) -> Path | None:
+    """The Geneformer repository around a model folder: the folder itself or its parent,
+    whichever holds the ``geneformer/`` package folder with the dictionaries."""
+    for candidate in (folder, folder.parent):
+        if (candidate / "geneformer").is_dir():
+            return candidate
+    return None
 
 
-def kmer_size(vocab: list[str]) -> int | None:
-    """k when the vocabulary's non-special tokens are exactly the 4^k nucleotide k-mers
-    (DNABERT's layout), else None."""
-    tokens = [t for t in vocab if not (t.startswith("[") and t.endswith("]"))]
-    k = len(tokens[0]) if tokens else 0
-    kmers = {"".join(p) for p in itertools.product(NUCLEOTIDES, repeat=k)} if k <= 8 else set()
-    return k if k and set(tokens) == kmers and len(tokens) == len(kmers) else None
+def geneformer_dictionaries(folder: Path) -> tuple[Path, str]:
+    """The Geneformer repository root of a model folder and the version (``"V1"`` or
+    ``"V2"``) whose token dictionary has as many tokens as the model's ``vocab_size``.
+
+    Raises:
+        CheckpointError: when no dictionary of the repository fits the model.
+    """
+    root = geneformer_root(folder)
+    vocab_size = read_json_object(folder / "config.json").get("vocab_size")
+    found = []
+    for version, (token_path, _) in DICTIONARIES.items():
+        if root is not None and (root / token_path).is_file():
+            tokens = read_token_dictionary(root / token_path)
+            size = tokens.first_gene_id + len(tokens.genes)
+            found.append(f"{token_path} ({size} tokens)")
+            if size == vocab_size:
+                return root, version
+    raise CheckpointError(
+        f"no Geneformer token dictionary beside {folder} has the model's {vocab_size} tokens "
+        f"(found: {', '.join(found) or 'none'})"
+    )
 
 
 def load_upstream(folder: Path, family: str) -> eqx.Module:

@@ -21,19 +21,25 @@ DNABERT_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [
 DNABERT_IDS = np.array([2, 5, 17, 30, 68, 6, 3, 0, 0])  # [CLS] 5 k-mers [SEP], right-padded
 
 
-def tiny_dnabert(seed: int) -> transformers.BertForMaskedLM:
-    """A random DNABERT-3 shaped ``BertForMaskedLM`` (2 layers, 32 wide), in eval mode."""
+def tiny_bert(vocab_size: int, seed: int, hidden_act: str = "gelu") -> transformers.BertForMaskedLM:
+    """A random ``BertForMaskedLM`` (2 layers, 32 wide, 64 positions), in eval mode."""
     config = transformers.BertConfig(
-        vocab_size=len(DNABERT_VOCAB),
+        vocab_size=vocab_size,
         hidden_size=32,
         num_hidden_layers=2,
         num_attention_heads=4,
         intermediate_size=64,
+        hidden_act=hidden_act,
         max_position_embeddings=64,
         pad_token_id=0,
     )
     torch.manual_seed(seed)
     return transformers.BertForMaskedLM(config).eval()
+
+
+def tiny_dnabert(seed: int) -> transformers.BertForMaskedLM:
+    """A random DNABERT-3 shaped ``BertForMaskedLM``."""
+    return tiny_bert(len(DNABERT_VOCAB), seed)
 
 
 def torch_logits(model: torch.nn.Module, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -13,13 +13,25 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
 import warnings
+from pathlib import Path
 
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
 import pytest
 import torch
 import transformers
 from hub_servers import commit_files, git, new_git_repo, point_client_at, start_olah, stop
-from upstream_models import DNABERT_IDS, DNABERT_VOCAB, assert_same_logits, tiny_dnabert
+from upstream_models import (
+    DNABERT_IDS,
+    DNABERT_VOCAB,
+    TOLERANCE,
+    assert_same_logits,
+    tiny_bert,
+    tiny_dnabert,
+)
 
 import zoo
 from checkpoints import CheckpointError, UnpinnedRevisionWarning
@@ -27,7 +39,28 @@ from checkpoints.cli import main as hub_cli
 from checkpoints.references import split_reference
 
 DNABERT = "zhihan1996/DNA_bert_3"
-NEVER_FETCHED = ("pytorch_model.bin", "dnabert_layer.py", "configuration_bert.py")
+GENEFORMER = "ctheodoris/Geneformer"
+ESM2 = "facebook/esm2_t6_8M_UR50D"
+SCGPT = "u-cellm/scGPT-whole-human"
+NEVER_FETCHED = (
+    "pytorch_model.bin",
+    "training_args.bin",
+    "tf_model.h5",
+    "dnabert_layer.py",
+    "configuration_bert.py",
+    "tokenizer.py",
+    "ensembl_mapping_dict_gc30M.pkl",
+    "ensembl_mapping_dict_gc104M.pkl",
+)
+# facebook/esm2_t6_8M_UR50D's vocab.txt, one token a line (REFERENCE_MODELS.md 5b)
+ESM2_SPECIALS = ["<cls>", "<pad>", "<eos>", "<unk>"]
+ESM2_VOCAB = [*ESM2_SPECIALS, *"LAGVSERTIDPKQNFYMHWCXBUZO.-", "<null_1>", "<mask>"]
+
+
+def saved(model: transformers.PreTrainedModel, folder: Path, prefix: str = "") -> dict[str, bytes]:
+    """The files of ``model.save_pretrained(safe_serialization=True)``, as repository paths."""
+    model.save_pretrained(folder, safe_serialization=True)
+    return {prefix + p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
 def pickled_state(model: torch.nn.Module) -> bytes:
@@ -56,23 +89,90 @@ def dnabert_files(model: transformers.BertForMaskedLM, folder) -> dict[str, byte
     }
 
 
+def geneformer_files(scratch: Path) -> tuple[dict[str, bytes], dict[str, torch.nn.Module]]:
+    """ctheodoris/Geneformer: V1 in ``Geneformer-V1-10M/`` (safetensors and .bin), V2 at
+    the root (as V2-316M is), the dictionary pickles under ``geneformer/`` with the
+    package's code and the dictionaries a load does not read."""
+    files, models = {}, {}
+    for version, specials, n_genes, prefix in (
+        ("V1", ["<pad>", "<mask>"], 30, "Geneformer-V1-10M/"),
+        ("V2", ["<pad>", "<mask>", "<cls>", "<eos>"], 40, ""),
+    ):
+        genes = [f"ENSG{i:011d}" for i in range(100, 100 + n_genes)]
+        tokens = {name: i for i, name in enumerate(specials)}
+        tokens |= {g: np.int16(len(specials) + i) for i, g in enumerate(genes)}
+        medians = {g: np.float64(1.0 + i / 10) for i, g in enumerate(genes)}
+        folder = "geneformer/" if version == "V2" else "geneformer/gene_dictionaries_30m/"
+        suffix = "gc104M" if version == "V2" else "gc30M"
+        files[f"{folder}token_dictionary_{suffix}.pkl"] = pickle.dumps(tokens)
+        files[f"{folder}gene_median_dictionary_{suffix}.pkl"] = pickle.dumps(medians)
+        files[f"{folder}ensembl_mapping_dict_{suffix}.pkl"] = pickle.dumps({g: g for g in genes})
+        models[version] = tiny_bert(len(tokens), seed=len(specials), hidden_act="relu")
+        files |= saved(models[version], scratch / f"geneformer-{version}", prefix)
+        files[prefix + "training_args.bin"] = b"\x80\x04pickle that must never load"
+    files["Geneformer-V1-10M/pytorch_model.bin"] = pickled_state(models["V1"])
+    files["geneformer/tokenizer.py"] = b"raise SystemExit('remote code ran')\n"
+    return files, models
+
+
+def esm2_files(scratch: Path) -> tuple[dict[str, bytes], torch.nn.Module]:
+    """facebook/esm2_t6_8M_UR50D's files, with a 2-layer, 32-wide random model."""
+    config = transformers.EsmConfig(
+        vocab_size=len(ESM2_VOCAB),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=1026,
+        position_embedding_type="rotary",
+        token_dropout=True,
+        mask_token_id=32,
+        pad_token_id=1,
+        emb_layer_norm_before=False,
+    )
+    torch.manual_seed(2)
+    model = transformers.EsmForMaskedLM(config).eval()
+    files = saved(model, scratch / "esm2") | {
+        "pytorch_model.bin": pickled_state(model),
+        "tf_model.h5": b"HDF5 weights a load must never fetch",
+        "vocab.txt": "".join(t + "\n" for t in ESM2_VOCAB).encode(),
+        "special_tokens_map.json": json.dumps(
+            {k: f"<{k[:-6]}>" for k in ("cls_token", "eos_token", "pad_token", "unk_token")}
+            | {"mask_token": "<mask>"}
+        ).encode(),
+        "tokenizer_config.json": b'{"model_max_length": 1024, "tokenizer_class": "EsmTokenizer"}',
+    }
+    return files, model
+
+
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
     """``(endpoint, torch models, commits)`` of olah serving the repositories above."""
     scratch = tmp_path_factory.mktemp("upstream-hub")
     mirrors = scratch / "mirrors"
     dnabert = tiny_dnabert(seed=0)
-    files = dnabert_files(dnabert, scratch / "dnabert")
+    upstream = dnabert_files(dnabert, scratch / "dnabert")
     repo = new_git_repo(mirrors, DNABERT)
-    commits = {"dnabert main": commit_files(repo, files, "upstream: pytorch_model.bin only")}
+    commits = {"dnabert main": commit_files(repo, upstream, "upstream: pytorch_model.bin only")}
     safetensors = (scratch / "dnabert" / "model.safetensors").read_bytes()
     git(repo, "checkout", "-q", "-b", "convert")
     commits["dnabert pr"] = commit_files(
-        repo, files | {"model.safetensors": safetensors}, "Adding `safetensors` variant"
+        repo, upstream | {"model.safetensors": safetensors}, "Adding `safetensors` variant"
     )
     git(repo, "checkout", "-q", "main")
+    files, geneformer = geneformer_files(scratch)
+    commits["geneformer"] = commit_files(new_git_repo(mirrors, GENEFORMER), files, "V1 and V2")
+    files, esm2 = esm2_files(scratch)
+    commits["esm2"] = commit_files(new_git_repo(mirrors, ESM2), files, "Upload EsmForMaskedLM")
+    scgpt = {
+        "args.json": json.dumps({"embsize": 32, "nheads": 4, "nlayers": 2}).encode(),
+        "vocab.json": json.dumps({"A1BG": 0, "<pad>": 1, "<cls>": 2, "<eoc>": 3}).encode(),
+        "best_model.pt": b"\x80\x04pickle that must never load",
+    }
+    commits["scgpt"] = commit_files(new_git_repo(mirrors, SCGPT), scgpt, "mirror")
     process, endpoint = start_olah(mirrors, scratch)
-    yield endpoint, {"dnabert": dnabert, "dnabert files": files}, commits
+    models = {"dnabert": dnabert, "dnabert files": upstream, "esm2": esm2, "geneformer": geneformer}
+    yield endpoint, models, commits
     stop(process)
 
 
@@ -133,7 +233,11 @@ def test_ls_lists_upstream_families_with_licences(capsys):
     assert hub_cli(["ls"]) == 0
     out = capsys.readouterr().out
     assert "dna-encoder-tiny" in out  # the catalog stays
-    assert "zhihan1996/DNA_bert_6" in out and "licence:" in out
+    families = out.split("upstream models")[1].splitlines()
+    nt = [line for line in families if "InstaDeepAI/nucleotide-transformer" in line]
+    assert len(nt) == 2 and all("CC BY-NC-SA 4.0" in line for line in nt)
+    for hub_id in ("ctheodoris/Geneformer/Geneformer-V1-10M", "zhihan1996/DNA_bert_6", ESM2):
+        assert hub_id in out
 
 
 def test_hub_references_name_a_folder_and_a_revision_with_slashes():
@@ -151,3 +255,47 @@ def test_hub_references_name_a_folder_and_a_revision_with_slashes():
     for bad in ("org/name/../x", "org/name/", "org/name@"):
         with pytest.raises(CheckpointError, match="org/name\\[/sub/folder\\]"):
             split_reference(bad, None)
+
+
+def test_geneformer_loads_from_its_subfolder_with_the_repositorys_dictionaries(
+    hub, tmp_path, monkeypatch
+):
+    endpoint, models, commits = hub
+    point_client_at(monkeypatch, endpoint, tmp_path / "cache")
+    ref = f"{GENEFORMER}/Geneformer-V1-10M@{commits['geneformer']}"
+    model, provenance = zoo.from_pretrained(ref, with_provenance=True)
+    assert provenance.family == "geneformer-v1" and provenance.subfolder == "Geneformer-V1-10M"
+    assert str(provenance) == ref and provenance.commit == commits["geneformer"]
+    fetched = {p.name for p in provenance.folder.parent.rglob("*")}
+    assert "token_dictionary_gc30M.pkl" in fetched and not fetched & set(NEVER_FETCHED)
+
+    counts = np.random.default_rng(0).poisson(1.0, 30).astype(np.float32)
+    out = eqx.nn.inference_mode(model)(jnp.asarray(counts))
+    ids, real = np.asarray(out.ids), np.asarray(out.token_mask)
+    with torch.no_grad():
+        expected = models["geneformer"]["V1"](
+            input_ids=torch.tensor(ids[None]), attention_mask=torch.tensor(real[None]).long()
+        ).logits[0]
+    np.testing.assert_allclose(
+        np.asarray(out.gene_logits)[real], expected.numpy()[real], atol=TOLERANCE, rtol=0
+    )
+
+    _, root = zoo.from_pretrained(f"{GENEFORMER}@{commits['geneformer']}", with_provenance=True)
+    assert root.family == "geneformer-v2" and root.subfolder is None
+
+
+def test_esm2_loads_by_hub_id_with_its_tokenizer(hub, tmp_path, monkeypatch):
+    endpoint, models, commits = hub
+    point_client_at(monkeypatch, endpoint, tmp_path / "cache")
+    model, provenance = zoo.from_pretrained(f"{ESM2}@{commits['esm2']}", with_provenance=True)
+    assert provenance.family == "esm2" and provenance.commit == commits["esm2"]
+    assert not {p.name for p in provenance.folder.rglob("*")} & set(NEVER_FETCHED)
+    ids = np.asarray(model.tokenizer.encode("MKTAYIAKQR"))
+    assert_same_logits(model, models["esm2"], ids, pad_id=1)
+
+
+def test_scgpt_mirror_with_only_best_model_pt_is_refused(hub, tmp_path, monkeypatch):
+    endpoint, _, commits = hub
+    point_client_at(monkeypatch, endpoint, tmp_path / "cache")
+    with pytest.raises(CheckpointError, match=r"only best_model\.pt .*biozoo convert-bin"):
+        zoo.from_pretrained(f"{SCGPT}@{commits['scgpt']}")
