@@ -293,7 +293,7 @@ class DifferentiableFoundationModel(eqx.Module):
         Raises:
             ValueError: when the token fields or `expression_mask` differ in shape from
                 ``(max_tokens,)``, the ids are not integers, or an id lies outside the
-                vocabulary ``[0, N_SPECIAL + n_genes)``. Under `jax.jit` or `jax.vmap` the
+                vocabulary ``[0, tokenizer.vocab_size)``. Under `jax.jit` or `jax.vmap` the
                 last is checked by `eqx.error_if` (a runtime error), since an embedding
                 lookup would silently clamp such an id.
         """

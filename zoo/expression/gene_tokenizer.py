@@ -9,7 +9,8 @@ For the counts ``c`` of one cell over ``n_genes`` genes:
 3. rank the expressed genes by ``x / median``, descending;
 4. keep the top ``max_tokens`` genes as tokens.
 
-Token ids are ``N_SPECIAL + gene index`` after the special ids ``[PAD] [CLS] [MASK]``.
+By default token ids are ``N_SPECIAL + gene index`` after the special ids
+``[PAD] [CLS] [MASK]``, and `GeneTokenizer.frame` puts ``[CLS]`` first.
 Alongside each token the tokenizer returns ``log1p(x)``, the normalised log expression, for
 a value embedding. The hard ranks select tokens; `GeneTokenizer.soft_ranks` gives their
 differentiable relaxation among the expressed genes (`zoo.soft_rank`) in linear memory.
