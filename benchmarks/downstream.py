@@ -15,7 +15,8 @@ same step budget, batch size and peak learning rate:
   the checkpoint's architecture from scratch, and the checkpoint (``--dna-checkpoint``,
   default ``dna-encoder-tiny``) fine-tuned with the ``full`` and ``linear`` strategies;
 - cells: PCA of highly variable genes + logistic regression, a ``zoo.VAENormalizer``
-  latent + logistic regression, the checkpoint's architecture from scratch, and the
+  latent + logistic regression, the checkpoint's architecture from scratch (keeping its
+  fitted gene statistics), and the
   checkpoint (``--cell-checkpoint``, default ``fm-pbmc3k-tiny``; cells lined up with its
   genes) fine-tuned ``full`` and ``linear``.
 
@@ -35,8 +36,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from benchmarks import downstream_baselines as baselines
 from benchmarks.bootstrap import METRICS, bootstrap_metrics
 from benchmarks.downstream_cell_tasks import aligned, build_cell_task, cell_tasks, gene_names
@@ -45,7 +44,8 @@ from benchmarks.downstream_report import markdown_table, plot_mcc
 from finetuning.backbones import same_architecture_from_scratch
 from finetuning.inference import load_model
 from finetuning.train import FineTuneConfig
-from pretraining.expression_data import shared_data_dir
+from pretraining.expression_data import ExpressionDataError, shared_data_dir
+from pretraining.sources import FetchError
 
 DNA_MODELS = (
     "6-mer LR",
@@ -129,8 +129,9 @@ def _with(config: FineTuneConfig, **changes) -> FineTuneConfig:
     return FineTuneConfig.from_dict({**config.to_dict(), **changes})
 
 
-def task_builders(args):
-    """Every task by name: its modality and a function building it."""
+def task_builders(args) -> tuple[dict, dict[str, str]]:
+    """Every task by name (its modality and a function building it), and the tasks left
+    out with the reason."""
     sizes = {"train": args.train, "validation": args.test // 2, "test": args.test}
     annotation = (
         args.annotation if (args.annotation / "cpg_islands_hg19_ucsc.txt.gz").exists() else None
@@ -138,14 +139,13 @@ def task_builders(args):
     builders = {
         name: ("dna", build) for name, build in dna_tasks(sizes, annotation, args.seed).items()
     }
+    left_out = {}
     if annotation is None:
-        print(
-            f"left out cpg-islands, enhancers: no UCSC/FANTOM5 tracks at {args.annotation}",
-            file=sys.stderr,
-        )
+        reason = f"no UCSC/FANTOM5 tracks at {args.annotation}"
+        left_out = {"cpg-islands": reason, "enhancers": reason}
     for name, (source, per_class) in cell_tasks().items():
         builders[name] = ("cells", lambda s=source, p=per_class: (build_cell_task(s, p), s))
-    return builders
+    return builders, left_out
 
 
 def write_outputs(rows: list[dict], budget: str, left_out: dict[str, str], out: Path) -> None:
@@ -174,19 +174,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"test; VAE {args.vae_epochs} epochs; {args.bootstrap} bootstrap resamples; "
         f"checkpoints {args.dna_checkpoint}, {args.cell_checkpoint}"
     )
-    builders = task_builders(args)
-    chosen = args.tasks or list(builders)
+    builders, left_out = task_builders(args)
+    for name, reason in left_out.items():
+        print(f"left out {name}: {reason}", file=sys.stderr)
+    chosen = [t for t in args.tasks or builders if t not in left_out]
     unknown = sorted(set(chosen) - set(builders))
     if unknown:
         raise SystemExit(f"unknown tasks {unknown}; choose from {sorted(builders)}")
     checkpoints = {}
-    rows, left_out = [], {}
+    rows = []
     for t, name in enumerate(chosen):
         modality, build = builders[name]
         print(f"[task {t + 1}/{len(chosen)}] {name}", file=sys.stderr, flush=True)
         try:
             built = build()
-        except Exception as error:  # missing data: the task is left out, the suite goes on
+        except (OSError, FetchError, ExpressionDataError) as error:  # data not to be had
             left_out[name] = f"{type(error).__name__}: {error}"
             print(f"left out {name}: {left_out[name]}", file=sys.stderr, flush=True)
             continue
@@ -233,5 +235,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    np.set_printoptions(precision=4)
     main()

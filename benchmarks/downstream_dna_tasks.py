@@ -242,9 +242,9 @@ def annotated_windows(
     """Centred `LENGTH` windows of `intervals` (class 1) against GC-matched background
     (class 0), split by chrX position (`REGIONS`)."""
     rng = np.random.default_rng(seed)
+    centres = intervals.mean(1).astype(np.int64)
     splits = {}
     for part, (low, high) in REGIONS.items():
-        centres = intervals.mean(1).astype(np.int64)
         inside = centres[(centres - LENGTH // 2 >= low) & (centres + LENGTH // 2 <= high)]
         positives = [chromosome[c - LENGTH // 2 : c + LENGTH // 2].upper() for c in inside]
         positives = [p for p in positives if "N" not in p]

@@ -12,8 +12,12 @@ data; the table gives test MCC and AUROC with 95 % bootstrap intervals
 (`benchmarks.bootstrap`), and the last training loss (mean over the last evaluation
 window) to tell a model that cannot fit the training set from one that overfits.
 
+Before them, k-mer probes measure what a bag of k-mers can see: logistic regression on
+the frequencies of the overlapping k-mers, k = 1 to 7
+(`benchmarks.downstream_baselines.kmer_logistic`).
+
 ``python -m benchmarks.motif_ablation [--steps N] [--only NAME ...]``; prints the Markdown
-table, writes it to ``--out``, and ends with a JSON line.
+tables, writes them to ``--out``, and ends with a JSON line.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks.bootstrap import bootstrap_metrics
-from benchmarks.downstream_baselines import fresh_cnn
+from benchmarks.downstream_baselines import fresh_cnn, kmer_logistic
 from benchmarks.downstream_dna_tasks import planted_kmer
 from finetuning.run import task_model
 from finetuning.train import FineTuneConfig, fine_tune
@@ -117,6 +121,35 @@ def run_variant(variant: Variant, task, steps: int, batch_size: int, seed: int) 
     }
 
 
+def kmer_probes(task, ks: range = range(1, 8)) -> list[dict]:
+    """Test metrics (with intervals) of k-mer-frequency logistic regression for each k."""
+    rows = []
+    for k in ks:
+        estimates = bootstrap_metrics(task.test.labels, kmer_logistic(task, k))
+        rows.append(
+            {
+                "k": k,
+                **{
+                    m: [round(e.value, 4), round(e.low, 4), round(e.high, 4)]
+                    for m, e in estimates.items()
+                },
+            }
+        )
+    return rows
+
+
+def probe_markdown(rows: list[dict]) -> str:
+    """The k-mer probe table."""
+    lines = ["| k-mer LR | MCC [95% CI] | AUROC [95% CI] |", "| --- | --- | --- |"]
+    for r in rows:
+        mcc, auc = r["mcc"], r["auroc"]
+        lines.append(
+            f"| k = {r['k']} | {mcc[0]:.3f} [{mcc[1]:.3f}, {mcc[2]:.3f}] | "
+            f"{auc[0]:.3f} [{auc[1]:.3f}, {auc[2]:.3f}] |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def markdown(rows: list[dict], header: str) -> str:
     """The ablation table."""
     lines = [
@@ -142,19 +175,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train", type=int, default=2000, help="training sequences")
     parser.add_argument("--test", type=int, default=600, help="test sequences")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--only", nargs="*", help="run only the variants whose name starts so")
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        help="run only the variants whose name starts so (no names: only the k-mer probes)",
+    )
     parser.add_argument("--out", type=Path, help="write the Markdown table here")
     args = parser.parse_args(argv)
     sizes = {"train": args.train, "validation": args.test // 2, "test": args.test}
     task = planted_kmer(sizes, seed=args.seed)
     chosen: list[Variant] = [
-        v for v in VARIANTS if not args.only or any(v.name.startswith(p) for p in args.only)
+        v for v in VARIANTS if args.only is None or any(v.name.startswith(p) for p in args.only)
     ]
     header = (
         f"Planted TGACTCA, from scratch: {args.train} training / {args.test} test sequences, "
         f"{args.steps} steps of batch {args.batch_size}, seed {args.seed}, "
         f"{jax.devices()[0].device_kind}."
     )
+    probes = kmer_probes(task)
+    print(probe_markdown(probes))
     rows = []
     for i, variant in enumerate(chosen):
         print(f"[{i + 1}/{len(chosen)}] {variant.name}", file=sys.stderr, flush=True)
@@ -162,9 +201,10 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
         if args.out is not None:  # after every variant, so a run cut short keeps its rows
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(markdown(rows, header))
+            args.out.write_text(probe_markdown(probes) + "\n" + markdown(rows, header))
     print(markdown(rows, header))
-    print(json.dumps({"name": "motif_ablation", "steps": args.steps, "rows": rows}))
+    summary = {"name": "motif_ablation", "steps": args.steps, "kmer_probes": probes, "rows": rows}
+    print(json.dumps(summary))
 
 
 if __name__ == "__main__":

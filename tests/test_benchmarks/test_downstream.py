@@ -1,4 +1,5 @@
-"""The downstream suite's quick preset on a DNA and a cell task, and its bootstrap metrics."""
+"""The downstream suite's quick preset on a DNA and a cell task (and one left out for want
+of its data), and its bootstrap metrics."""
 
 from __future__ import annotations
 
@@ -33,9 +34,10 @@ def test_planted_jaspar_plants_one_motif_per_labelled_sequence():
 
 
 def test_quick_suite_has_every_row_and_the_easy_baseline_works(shared_data, tmp_path, capsys):
-    tasks = ["planted-TGACTCA", "pbmc3k-10-labels"]
+    tasks = ["planted-TGACTCA", "pbmc3k-10-labels", "enhancers"]
     models = ["6-mer LR", "HVG PCA + LR"]
     argv = ["--quick", "--train", "2000", "--no-progress", "--out", str(tmp_path)]
+    argv += ["--annotation", str(tmp_path / "absent")]  # the enhancer task is left out
     rows = downstream.main([*argv, "--tasks", *tasks, "--models", *models])
     pairs = [(r["task"], r["model"]) for r in rows]
     assert pairs == [
@@ -54,3 +56,5 @@ def test_quick_suite_has_every_row_and_the_easy_baseline_works(shared_data, tmp_
     assert (tmp_path / "downstream.png").stat().st_size > 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["name"] == "downstream" and len(summary["rows"]) == 2
+    assert "no UCSC/FANTOM5 tracks" in summary["left_out"]["enhancers"]
+    assert "left out enhancers" in table
