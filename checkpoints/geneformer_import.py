@@ -15,8 +15,9 @@ to ``max_position_embeddings`` (2048) genes in a sequence; V2 frames up to
 ``max_position_embeddings - 2`` (4094) genes with ``<cls>`` and ``<eos>``. The BERT tensors
 map as in `checkpoints.bert_import` (token-type row 0 folded into the position table); the
 masked-LM head keeps its decoder tied to the gene embedding. The cell embedding is the mean
-final state of the genes, as Geneformer's ``EmbExtractor`` with ``emb_mode="cell"`` over the
-last layer.
+of the genes' final states (``<cls>`` and ``<eos>`` left out), which is the cell mode of
+Geneformer's ``EmbExtractor`` taken at the last layer (``emb_layer=0``; its default takes the
+layer before last). Dropout is as published; use `equinox.nn.inference_mode` for inference.
 """
 
 from __future__ import annotations
