@@ -50,14 +50,20 @@ RENAMED = {
     "mlm_norm.bias": "head_norm.bias",
     "mlm_bias": "head_bias",
 }
+# (token dictionary, gene median dictionary) of each version, newest layout first: V2's
+# *_gc104M files are renames of the *_gc95M ones of 2024 to mid-2025; V1's moved from the
+# package folder into gene_dictionaries_30m/.
 DICTIONARIES = {
     "V1": (
-        "geneformer/gene_dictionaries_30m/token_dictionary_gc30M.pkl",
-        "geneformer/gene_dictionaries_30m/gene_median_dictionary_gc30M.pkl",
+        (
+            "geneformer/gene_dictionaries_30m/token_dictionary_gc30M.pkl",
+            "geneformer/gene_dictionaries_30m/gene_median_dictionary_gc30M.pkl",
+        ),
+        ("geneformer/token_dictionary.pkl", "geneformer/gene_median_dictionary.pkl"),
     ),
     "V2": (
-        "geneformer/token_dictionary_gc104M.pkl",
-        "geneformer/gene_median_dictionary_gc104M.pkl",
+        ("geneformer/token_dictionary_gc104M.pkl", "geneformer/gene_median_dictionary_gc104M.pkl"),
+        ("geneformer/token_dictionary_gc95M.pkl", "geneformer/gene_median_dictionary_gc95M.pkl"),
     ),
 }
 
@@ -90,20 +96,25 @@ def find_geneformer_dictionaries(
     repo_root: str | os.PathLike, version: str
 ) -> GeneformerDictionaries:
     """The dictionary pickles of `version` (``"V1"`` or ``"V2"``) in a checkout of the
-    Geneformer repository laid out as upstream publishes it (V2:
-    ``geneformer/token_dictionary_gc104M.pkl``; V1: under
-    ``geneformer/gene_dictionaries_30m/``).
+    Geneformer repository laid out as upstream publishes it: V2's
+    ``geneformer/token_dictionary_gc104M.pkl`` and ``gene_median_dictionary_gc104M.pkl``
+    (or their earlier ``*_gc95M.pkl`` names), V1's under
+    ``geneformer/gene_dictionaries_30m/`` (or the earlier ``geneformer/token_dictionary.pkl``
+    and ``gene_median_dictionary.pkl``).
 
     Raises:
-        CheckpointError: for an unknown version or when a file is missing (naming it).
+        CheckpointError: for an unknown version, or naming the paths tried when no layout
+            has both files.
     """
     if version not in DICTIONARIES:
         raise CheckpointError(f"Geneformer version must be one of {sorted(DICTIONARIES)}")
-    paths = GeneformerDictionaries(*(Path(repo_root) / p for p in DICTIONARIES[version]))
-    for path in paths:
-        if not path.is_file():
-            raise CheckpointError(f"Geneformer {version} dictionary not found: {path}")
-    return paths
+    root = Path(repo_root)
+    for names in DICTIONARIES[version]:
+        paths = GeneformerDictionaries(*(root / name for name in names))
+        if all(path.is_file() for path in paths):
+            return paths
+    tried = [str(root / name) for names in DICTIONARIES[version] for name in names]
+    raise CheckpointError(f"Geneformer {version} dictionaries not found; tried {tried}")
 
 
 def read_token_dictionary(path: str | os.PathLike) -> TokenDictionary:

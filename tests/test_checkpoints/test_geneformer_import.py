@@ -208,6 +208,25 @@ def test_a_dictionary_of_the_other_version_is_refused(imported, tmp_path):
         )
 
 
+@pytest.mark.parametrize(
+    "version, names",
+    [
+        ("V2", ("token_dictionary_gc95M.pkl", "gene_median_dictionary_gc95M.pkl")),
+        ("V1", ("token_dictionary.pkl", "gene_median_dictionary.pkl")),
+    ],
+)
+def test_earlier_dictionary_names_are_found(tmp_path, version, names):
+    folder = tmp_path / "geneformer"
+    folder.mkdir()
+    for name in names:
+        (folder / name).write_bytes(pickle.dumps({}))
+    found = find_geneformer_dictionaries(tmp_path, version)
+    assert [p.name for p in found] == list(names)
+    other = "V1" if version == "V2" else "V2"
+    with pytest.raises(CheckpointError, match=f"{other} dictionaries not found"):
+        find_geneformer_dictionaries(tmp_path, other)
+
+
 def test_a_pickle_only_model_folder_is_refused(imported, tmp_path):
     _, _, _, dictionaries, _ = imported
     (tmp_path / "pytorch_model.bin").write_bytes(b"not loaded")
