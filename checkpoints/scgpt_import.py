@@ -14,13 +14,15 @@ cell's quantile-binned counts clamped at 512; ``<cls>`` first with value ``pad_v
 positions; PyTorch ``TransformerEncoderLayer`` blocks (ReLU, eps 1e-5); the expression
 decoder MLP. A masked value is scGPT's ``mask_value`` (-1) through the value encoder, which
 the importer computes once as the model's mask vector. The cell embedding is the final
-``<cls>`` state. The classification and MVC decoders are not part of this model and are
+``<cls>`` state (scGPT's ``embed_data`` then divides it by its L2 norm). The classification
+and MVC decoders are not part of this model and are
 left out; any other tensor is refused.
 
 The tokenizer takes the cell's expressed genes in column order (the vocabulary's gene order,
 `read_vocabulary`), up to ``max_seq_len - 1``, and bins the counts per cell
-(`zoo.expression.value_binning`). scGPT's ``embed_data`` samples genes at random when a cell
-expresses more than that; here the first ones are kept.
+(`zoo.expression.value_binning`). scGPT's ``embed_data`` keeps the user's column order and
+samples genes at random when a cell expresses more than that; here the first ones in
+vocabulary order are kept. With no positions, the order itself changes nothing.
 """
 
 from __future__ import annotations
