@@ -18,6 +18,9 @@ TOLERANCE = 1e-4  # float32 logits through two layers, both sides in float32
 DNABERT_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [
     "".join(p) for p in itertools.product("ATCG", repeat=3)
 ]
+# facebook/esm2_t6_8M_UR50D's vocab.txt, one token a line (REFERENCE_MODELS.md 5b)
+ESM2_VOCAB = ["<cls>", "<pad>", "<eos>", "<unk>", *"LAGVSERTIDPKQNFYMHWCXBUZO.-", "<null_1>"]
+ESM2_VOCAB.append("<mask>")
 DNABERT_IDS = np.array([2, 5, 17, 30, 68, 6, 3, 0, 0])  # [CLS] 5 k-mers [SEP], right-padded
 
 
@@ -40,6 +43,23 @@ def tiny_bert(vocab_size: int, seed: int, hidden_act: str = "gelu") -> transform
 def tiny_dnabert(seed: int) -> transformers.BertForMaskedLM:
     """A random DNABERT-3 shaped ``BertForMaskedLM``."""
     return tiny_bert(len(DNABERT_VOCAB), seed)
+
+
+def tiny_esm(vocab: list[str], seed: int, **settings) -> transformers.EsmForMaskedLM:
+    """A random 2-layer, 32-wide ``EsmForMaskedLM`` over `vocab`, in eval mode."""
+    config = transformers.EsmConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        pad_token_id=vocab.index("<pad>"),
+        mask_token_id=vocab.index("<mask>"),
+        emb_layer_norm_before=False,
+        **settings,
+    )
+    torch.manual_seed(seed)
+    return transformers.EsmForMaskedLM(config).eval()
 
 
 def torch_logits(model: torch.nn.Module, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:

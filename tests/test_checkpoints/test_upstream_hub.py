@@ -27,10 +27,12 @@ from hub_servers import commit_files, git, new_git_repo, point_client_at, start_
 from upstream_models import (
     DNABERT_IDS,
     DNABERT_VOCAB,
+    ESM2_VOCAB,
     TOLERANCE,
     assert_same_logits,
     tiny_bert,
     tiny_dnabert,
+    tiny_esm,
 )
 
 import zoo
@@ -52,9 +54,6 @@ NEVER_FETCHED = (
     "ensembl_mapping_dict_gc30M.pkl",
     "ensembl_mapping_dict_gc104M.pkl",
 )
-# facebook/esm2_t6_8M_UR50D's vocab.txt, one token a line (REFERENCE_MODELS.md 5b)
-ESM2_SPECIALS = ["<cls>", "<pad>", "<eos>", "<unk>"]
-ESM2_VOCAB = [*ESM2_SPECIALS, *"LAGVSERTIDPKQNFYMHWCXBUZO.-", "<null_1>", "<mask>"]
 
 
 def saved(model: transformers.PreTrainedModel, folder: Path, prefix: str = "") -> dict[str, bytes]:
@@ -117,21 +116,7 @@ def geneformer_files(scratch: Path) -> tuple[dict[str, bytes], dict[str, torch.n
 
 def esm2_files(scratch: Path) -> tuple[dict[str, bytes], torch.nn.Module]:
     """facebook/esm2_t6_8M_UR50D's files, with a 2-layer, 32-wide random model."""
-    config = transformers.EsmConfig(
-        vocab_size=len(ESM2_VOCAB),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=1026,
-        position_embedding_type="rotary",
-        token_dropout=True,
-        mask_token_id=32,
-        pad_token_id=1,
-        emb_layer_norm_before=False,
-    )
-    torch.manual_seed(2)
-    model = transformers.EsmForMaskedLM(config).eval()
+    model = tiny_esm(ESM2_VOCAB, 2, position_embedding_type="rotary", token_dropout=True)
     files = saved(model, scratch / "esm2") | {
         "pytorch_model.bin": pickled_state(model),
         "tf_model.h5": b"HDF5 weights a load must never fetch",
