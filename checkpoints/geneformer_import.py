@@ -50,21 +50,23 @@ RENAMED = {
     "mlm_norm.bias": "head_norm.bias",
     "mlm_bias": "head_bias",
 }
-# (token dictionary, gene median dictionary) of each version, newest layout first: V2's
-# *_gc104M files are renames of the *_gc95M ones of 2024 to mid-2025; V1's moved from the
-# package folder into gene_dictionaries_30m/.
+# (token dictionary, gene median dictionary) of each version in the current upstream layout.
 DICTIONARIES = {
     "V1": (
-        (
-            "geneformer/gene_dictionaries_30m/token_dictionary_gc30M.pkl",
-            "geneformer/gene_dictionaries_30m/gene_median_dictionary_gc30M.pkl",
-        ),
-        ("geneformer/token_dictionary.pkl", "geneformer/gene_median_dictionary.pkl"),
+        "geneformer/gene_dictionaries_30m/token_dictionary_gc30M.pkl",
+        "geneformer/gene_dictionaries_30m/gene_median_dictionary_gc30M.pkl",
     ),
     "V2": (
-        ("geneformer/token_dictionary_gc104M.pkl", "geneformer/gene_median_dictionary_gc104M.pkl"),
-        ("geneformer/token_dictionary_gc95M.pkl", "geneformer/gene_median_dictionary_gc95M.pkl"),
+        "geneformer/token_dictionary_gc104M.pkl",
+        "geneformer/gene_median_dictionary_gc104M.pkl",
     ),
+}
+# The same files under their earlier names: V2's *_gc104M files are renames of the *_gc95M
+# ones of 2024 to mid-2025; V1's lay in the package folder until they moved to
+# gene_dictionaries_30m/.
+EARLIER_DICTIONARIES = {
+    "V1": ("geneformer/token_dictionary.pkl", "geneformer/gene_median_dictionary.pkl"),
+    "V2": ("geneformer/token_dictionary_gc95M.pkl", "geneformer/gene_median_dictionary_gc95M.pkl"),
 }
 
 
@@ -109,11 +111,12 @@ def find_geneformer_dictionaries(
     if version not in DICTIONARIES:
         raise CheckpointError(f"Geneformer version must be one of {sorted(DICTIONARIES)}")
     root = Path(repo_root)
-    for names in DICTIONARIES[version]:
+    layouts = (DICTIONARIES[version], EARLIER_DICTIONARIES[version])
+    for names in layouts:
         paths = GeneformerDictionaries(*(root / name for name in names))
         if all(path.is_file() for path in paths):
             return paths
-    tried = [str(root / name) for names in DICTIONARIES[version] for name in names]
+    tried = [str(root / name) for names in layouts for name in names]
     raise CheckpointError(f"Geneformer {version} dictionaries not found; tried {tried}")
 
 
