@@ -16,6 +16,12 @@ masked-LM head of dense -> GELU -> layer norm -> decoder + bias. They differ in:
 - the decoder: tied to the token embeddings for ESM-2, its own matrix for NT
   (``tie_word_embeddings`` false).
 
+The encoder's ``max_len`` is the number of absolute position rows after the dropped ones
+(NT v1: 1000 tokens), or ``max_position_embeddings`` under rotary, which has no table to
+outgrow. Its pooled embedding is the mean over all real tokens, ``<cls>`` (and ESM-2's
+``<eos>``) included. Layer norms stored under transformers' legacy ``gamma``/``beta`` names
+are read too (`checkpoints.bert_import.read_weights`).
+
 `TENSORS` and `LAYER_TENSORS` are the whole name mapping, as plain tables an exporter can
 invert. The tokenizer is the checkpoint's own (`zoo.sequence.vocabulary_tokenizer`), and the
 folder's ``vocab.txt`` must list exactly its vocabulary.
