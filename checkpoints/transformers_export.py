@@ -7,7 +7,11 @@ inverse of the importer of that layout:
 - post-norm, learned absolute positions, a dense MLP with biases: ``BertForMaskedLM``
   (`checkpoints.bert_import`; DNABERT, imported BERTs, the zoo's own post-norm encoders).
   The token-type table is a single zero row (the import folds BERT's type-0 row into the
-  positions), and the masked-LM decoder is tied to the word embeddings;
+  positions), and the masked-LM decoder is tied to the word embeddings. A
+  `zoo.DifferentiableFoundationModel` with Geneformer's settings (gene ids in, gene logits
+  out, learned positions, post-norm) is a ``BertForMaskedLM`` the same way
+  (`checkpoints.geneformer_import`); its tokenizer stays Geneformer's dictionary pickles,
+  which an export does not write;
 - pre-norm with learned positions or rotary embeddings, a dense GELU MLP with biases:
   ``EsmForMaskedLM`` (`checkpoints.esm_import`; ESM-2, Nucleotide Transformer v1, the zoo's
   own pre-norm encoders with learned positions). ESM numbers absolute positions from
@@ -31,10 +35,12 @@ from pathlib import Path
 import equinox as eqx
 import numpy as np
 
-from checkpoints import bert_import, esm_import, safetensors_format
+from checkpoints import bert_import, esm_import, geneformer_import, safetensors_format
 from checkpoints.errors import CheckpointError
 from checkpoints.tree_keys import named_leaves
 from zoo.common.rotary import BASE
+from zoo.common.transformer import TransformerConfig
+from zoo.expression.foundation_model import DifferentiableFoundationModel
 from zoo.sequence.encoder import TransformerSequenceEncoder, TransformerSequenceEncoderConfig
 
 BERT_ACTIVATIONS = {
@@ -79,39 +85,87 @@ def export_transformers(model: eqx.Module, out: str | os.PathLike) -> Path:
     """Write `model` as a ``transformers`` masked-LM folder at `out` (created if needed).
 
     Args:
-        model: a `zoo.TransformerSequenceEncoder` with BERT's or ESM's settings.
+        model: a `zoo.TransformerSequenceEncoder` with BERT's or ESM's settings, or a
+            `zoo.DifferentiableFoundationModel` with Geneformer's.
         out: the folder to write.
 
     Returns:
         The folder: ``config.json`` (a ``BertConfig`` or ``EsmConfig``),
-        ``model.safetensors`` and, when the model's tokenizer lists one token per embedding
+        ``model.safetensors`` and, when an encoder's tokenizer lists one token per embedding
         row, ``vocab.txt``.
 
     Raises:
         CheckpointError: for another model class, or naming each setting the layout cannot
             express (NT v2's gated feed-forward among them).
     """
+    if isinstance(model, DifferentiableFoundationModel):
+        return _write(out, *geneformer_export(model), vocab=[])
     if not isinstance(model, TransformerSequenceEncoder):
         raise CheckpointError(
             f"{type(model).__name__} has no transformers equivalent biozoo exports; "
-            "TransformerSequenceEncoder exports as BertForMaskedLM or EsmForMaskedLM"
+            "TransformerSequenceEncoder exports as BertForMaskedLM or EsmForMaskedLM, a "
+            "Geneformer-style DifferentiableFoundationModel as BertForMaskedLM"
         )
     config = model.config
     bert = config.transformer.norm == "post"
     refuse_unexpressible(config, BERT_SETTINGS if bert else ESM_SETTINGS)
     vocab = _vocabulary(model)
     if bert:
-        hf, tensors = bert_config(config), bert_tensors(model)
+        t = config.transformer
+        hf = bert_config(t, max_len=config.max_len, n_tokens=config.n_tokens, pad_id=config.pad_id)
+        tensors = bert_tensors(_arrays(model))
     else:
         hf, tensors = esm_config(config, _mask_id(vocab)), esm_tensors(model)
+    extras = esm_import.VOCABULARY_EXTRAS.get(getattr(model.tokenizer, "scheme", None), ())
+    return _write(out, hf, tensors, vocab=[*vocab, *extras] if vocab else [])
+
+
+def _write(out: str | os.PathLike, hf: dict, tensors: dict, *, vocab: list[str]) -> Path:
+    """Write ``config.json``, ``model.safetensors`` and (if `vocab`) ``vocab.txt``."""
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
     safetensors_format.write(folder / "model.safetensors", tensors, {"format": "pt"})
     if vocab:
-        extras = esm_import.VOCABULARY_EXTRAS.get(getattr(model.tokenizer, "scheme", None), ())
-        (folder / "vocab.txt").write_text("".join(t + "\n" for t in [*vocab, *extras]))
+        (folder / "vocab.txt").write_text("".join(t + "\n" for t in vocab))
     return folder
+
+
+def geneformer_export(model: DifferentiableFoundationModel) -> tuple[dict, dict]:
+    """The ``BertForMaskedLM`` config and tensors of a Geneformer-style foundation model.
+
+    Raises:
+        CheckpointError: naming each setting a Geneformer BERT does not have.
+    """
+    config = model.config
+    t = config.transformer
+    settings = {
+        "value_input": (config.value_input, False),
+        "head": (config.head, "gene_logits"),
+        "embedding_norm": (config.embedding_norm, True),
+        "gene_norm": (config.gene_norm, False),
+        "transformer.norm": (t.norm, "post"),
+        "transformer.rotary": (t.rotary, False),
+        "transformer.feed_forward": (t.feed_forward, "dense"),
+        "transformer.mlp_bias": (t.mlp_bias, True),
+    }
+    problems = [
+        f"{k}={v!r} (Geneformer has {want!r})" for k, (v, want) in settings.items() if v != want
+    ]
+    if config.positions == 0:
+        problems.append("positions=0 (Geneformer has a learned position table)")
+    if t.activation not in BERT_ACTIVATIONS:
+        problems.append(f"transformer.activation={t.activation!r}")
+    if problems:
+        raise CheckpointError(
+            "this foundation model has no BertForMaskedLM equivalent: " + "; ".join(problems)
+        )
+    renamed = {ours: theirs for theirs, ours in geneformer_import.RENAMED.items()}
+    arrays = {renamed.get(k, k): v for k, v in _arrays(model).items()}
+    arrays.pop("tokenizer.gene_medians")  # Geneformer's median dictionary, not a weight
+    n_tokens = arrays["token_embedding.weight"].shape[0]
+    hf = bert_config(t, max_len=config.positions, n_tokens=n_tokens, pad_id=config.tokenizer.pad_id)
+    return hf, bert_tensors(arrays)
 
 
 def refuse_unexpressible(config: TransformerSequenceEncoderConfig, fixed: dict) -> None:
@@ -149,15 +203,15 @@ def refuse_unexpressible(config: TransformerSequenceEncoderConfig, fixed: dict) 
         raise CheckpointError(f"this encoder has no {layout} equivalent: " + "; ".join(problems))
 
 
-def bert_config(config: TransformerSequenceEncoderConfig) -> dict:
-    """The ``BertConfig`` dict (for ``BertForMaskedLM``) of an encoder config."""
-    t = config.transformer
+def bert_config(t: TransformerConfig, *, max_len: int, n_tokens: int, pad_id: int) -> dict:
+    """The ``BertConfig`` dict (for ``BertForMaskedLM``) of a post-norm stack `t` with
+    `max_len` learned positions over `n_tokens` tokens."""
     return {
         "architectures": ["BertForMaskedLM"],
         "model_type": "bert",
-        **_shared_config(config),
+        **_shared_config(t, n_tokens=n_tokens, pad_id=pad_id),
         "hidden_act": BERT_ACTIVATIONS[t.activation],
-        "max_position_embeddings": config.max_len,
+        "max_position_embeddings": max_len,
         "position_embedding_type": "absolute",
         "type_vocab_size": 1,
         "tie_word_embeddings": True,
@@ -171,7 +225,7 @@ def esm_config(config: TransformerSequenceEncoderConfig, mask_id: int) -> dict:
     return {
         "architectures": ["EsmForMaskedLM"],
         "model_type": "esm",
-        **_shared_config(config),
+        **_shared_config(config.transformer, n_tokens=config.n_tokens, pad_id=config.pad_id),
         "hidden_act": "gelu",
         "max_position_embeddings": config.max_len + (0 if rotary else config.pad_id + 1),
         "position_embedding_type": "rotary" if rotary else "absolute",
@@ -183,10 +237,9 @@ def esm_config(config: TransformerSequenceEncoderConfig, mask_id: int) -> dict:
     }
 
 
-def bert_tensors(model: TransformerSequenceEncoder) -> dict[str, np.ndarray]:
-    """``BertForMaskedLM``'s tensors from the encoder's arrays (the inverse of
+def bert_tensors(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``BertForMaskedLM``'s tensors from an encoder's arrays by flat key (the inverse of
     `checkpoints.bert_import.converted_tensors`)."""
-    arrays = _arrays(model)
     positions = arrays["position_embedding.weight"]
     out = {
         "bert.embeddings.word_embeddings.weight": arrays["token_embedding.weight"],
@@ -218,10 +271,9 @@ def esm_tensors(model: TransformerSequenceEncoder) -> dict[str, np.ndarray]:
     return out | layers
 
 
-def _shared_config(config: TransformerSequenceEncoderConfig) -> dict:
-    t = config.transformer
+def _shared_config(t: TransformerConfig, *, n_tokens: int, pad_id: int) -> dict:
     return {
-        "vocab_size": config.n_tokens,
+        "vocab_size": n_tokens,
         "hidden_size": t.dim,
         "num_hidden_layers": t.n_layers,
         "num_attention_heads": t.n_heads,
@@ -229,11 +281,11 @@ def _shared_config(config: TransformerSequenceEncoderConfig) -> dict:
         "hidden_dropout_prob": t.dropout,
         "attention_probs_dropout_prob": t.dropout,
         "layer_norm_eps": t.layer_norm_eps,
-        "pad_token_id": config.pad_id,
+        "pad_token_id": pad_id,
     }
 
 
-def _arrays(model: TransformerSequenceEncoder) -> dict[str, np.ndarray]:
+def _arrays(model: eqx.Module) -> dict[str, np.ndarray]:
     return {k: np.asarray(v) for k, v in named_leaves(model, eqx.is_array).items()}
 
 

@@ -3,7 +3,10 @@ tests, and the comparisons of their outputs with the zoo's."""
 
 from __future__ import annotations
 
+import io
 import itertools
+import pickle
+from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -62,12 +65,50 @@ def tiny_esm(vocab: list[str], seed: int, **settings) -> transformers.EsmForMask
     return transformers.EsmForMaskedLM(config).eval()
 
 
+def saved(model: transformers.PreTrainedModel, folder: Path, prefix: str = "") -> dict[str, bytes]:
+    """The files of ``model.save_pretrained(safe_serialization=True)``, as repository paths."""
+    model.save_pretrained(folder, safe_serialization=True)
+    return {prefix + p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def pickled_state(model: torch.nn.Module) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getvalue()
+
+
+def geneformer_files(scratch: Path) -> tuple[dict[str, bytes], dict[str, torch.nn.Module]]:
+    """ctheodoris/Geneformer: V1 in ``Geneformer-V1-10M/`` (safetensors and .bin), V2 at
+    the root (as V2-316M is), the dictionary pickles under ``geneformer/`` with the
+    package's code and the dictionaries a load does not read."""
+    files, models = {}, {}
+    for version, specials, n_genes, prefix in (
+        ("V1", ["<pad>", "<mask>"], 30, "Geneformer-V1-10M/"),
+        ("V2", ["<pad>", "<mask>", "<cls>", "<eos>"], 40, ""),
+    ):
+        genes = [f"ENSG{i:011d}" for i in range(100, 100 + n_genes)]
+        tokens = {name: i for i, name in enumerate(specials)}
+        tokens |= {g: np.int16(len(specials) + i) for i, g in enumerate(genes)}
+        medians = {g: np.float64(1.0 + i / 10) for i, g in enumerate(genes)}
+        folder = "geneformer/" if version == "V2" else "geneformer/gene_dictionaries_30m/"
+        suffix = "gc104M" if version == "V2" else "gc30M"
+        files[f"{folder}token_dictionary_{suffix}.pkl"] = pickle.dumps(tokens)
+        files[f"{folder}gene_median_dictionary_{suffix}.pkl"] = pickle.dumps(medians)
+        files[f"{folder}ensembl_mapping_dict_{suffix}.pkl"] = pickle.dumps({g: g for g in genes})
+        models[version] = tiny_bert(len(tokens), seed=len(specials), hidden_act="relu")
+        files |= saved(models[version], scratch / f"geneformer-{version}", prefix)
+        files[prefix + "training_args.bin"] = b"\x80\x04pickle that must never load"
+    files["Geneformer-V1-10M/pytorch_model.bin"] = pickled_state(models["V1"])
+    files["geneformer/tokenizer.py"] = b"raise SystemExit('remote code ran')\n"
+    return files, models
+
+
 def torch_logits(model: torch.nn.Module, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """The torch masked-LM logits of one sequence (``(seq_len, vocab)``)."""
     with torch.no_grad():
         out = model(
-            input_ids=torch.from_numpy(ids[None]),
-            attention_mask=torch.from_numpy(mask[None].astype(np.int64)),
+            input_ids=torch.tensor(np.asarray(ids)[None], dtype=torch.long),
+            attention_mask=torch.tensor(np.asarray(mask)[None], dtype=torch.long),
         )
     return out.logits[0].numpy()
 

@@ -9,6 +9,7 @@ import itertools
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -20,6 +21,7 @@ from upstream_models import (
     TOLERANCE,
     assert_same_arrays,
     assert_same_logits,
+    geneformer_files,
     random_arrays,
     tiny_dnabert,
     tiny_esm,
@@ -148,6 +150,11 @@ def test_settings_without_a_transformers_equivalent_are_refused_by_name(tmp_path
     model = eqx.filter_eval_shape(zoo.TransformerSequenceEncoder, nt_v2, key=key)
     with pytest.raises(CheckpointError, match="Nucleotide Transformer v2's gated feed-forward"):
         export_transformers(model, tmp_path / "a")
+    scgpt_like = eqx.filter_eval_shape(
+        zoo.DifferentiableFoundationModel, zoo.DifferentiableFoundationModelConfig(), key=key
+    )
+    with pytest.raises(CheckpointError, match="value_input=True"):
+        export_transformers(scgpt_like, tmp_path / "a")
     hmm = eqx.filter_eval_shape(zoo.DifferentiableHMM, zoo.DifferentiableHMMConfig(), key=key)
     with pytest.raises(CheckpointError, match="DifferentiableHMM has no transformers"):
         export_transformers(hmm, tmp_path / "a")
@@ -160,3 +167,24 @@ def test_export_command_writes_a_loadable_folder(dnabert_folder, tmp_path, capsy
     assert hub_cli(["export", str(folder), str(out), "--format", "transformers"]) == 0
     assert f"folder: {out}" in capsys.readouterr().out
     assert_same_logits(zoo.from_pretrained(out), original, DNABERT_IDS)
+
+
+def test_imported_geneformer_exports_to_transformers_and_back(tmp_path):
+    files, originals = geneformer_files(tmp_path / "saved")
+    repo = tmp_path / "Geneformer"
+    for name, data in files.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_bytes(data)
+    imported = zoo.from_pretrained(repo / "Geneformer-V1-10M")
+    exported = export_transformers(imported, repo / "exported")  # beside the dictionaries
+    counts = np.random.default_rng(0).poisson(1.0, 30).astype(np.float32)
+    out = eqx.nn.inference_mode(imported)(jnp.asarray(counts))
+    ids, real = np.asarray(out.ids), np.asarray(out.token_mask)
+    for reference in (originals["V1"], load_exported(exported)):
+        expected = torch_logits(reference, ids, real)
+        np.testing.assert_allclose(
+            np.asarray(out.gene_logits)[real], expected[real], atol=TOLERANCE, rtol=0
+        )
+    reimported, provenance = zoo.from_pretrained(exported, with_provenance=True)
+    assert provenance.family == "geneformer-v1"
+    assert_same_arrays(reimported, imported)

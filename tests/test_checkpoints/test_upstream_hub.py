@@ -11,9 +11,7 @@ serve; `test_hub_references_name_a_folder_and_a_revision_with_slashes` parses th
 
 from __future__ import annotations
 
-import io
 import json
-import pickle
 import warnings
 from pathlib import Path
 
@@ -30,7 +28,9 @@ from upstream_models import (
     ESM2_VOCAB,
     TOLERANCE,
     assert_same_logits,
-    tiny_bert,
+    geneformer_files,
+    pickled_state,
+    saved,
     tiny_dnabert,
     tiny_esm,
 )
@@ -56,18 +56,6 @@ NEVER_FETCHED = (
 )
 
 
-def saved(model: transformers.PreTrainedModel, folder: Path, prefix: str = "") -> dict[str, bytes]:
-    """The files of ``model.save_pretrained(safe_serialization=True)``, as repository paths."""
-    model.save_pretrained(folder, safe_serialization=True)
-    return {prefix + p.name: p.read_bytes() for p in sorted(folder.iterdir())}
-
-
-def pickled_state(model: torch.nn.Module) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
-    return buffer.getvalue()
-
-
 def dnabert_files(model: transformers.BertForMaskedLM, folder) -> dict[str, bytes]:
     """DNA_bert_k's files on the Hub: config with its custom-code auto_map, the code, the
     tokenizer files, LICENSE and ``pytorch_model.bin``."""
@@ -86,32 +74,6 @@ def dnabert_files(model: transformers.BertForMaskedLM, folder) -> dict[str, byte
         "vocab.txt": "".join(t + "\n" for t in DNABERT_VOCAB).encode(),
         "LICENSE": b"licence text\n",
     }
-
-
-def geneformer_files(scratch: Path) -> tuple[dict[str, bytes], dict[str, torch.nn.Module]]:
-    """ctheodoris/Geneformer: V1 in ``Geneformer-V1-10M/`` (safetensors and .bin), V2 at
-    the root (as V2-316M is), the dictionary pickles under ``geneformer/`` with the
-    package's code and the dictionaries a load does not read."""
-    files, models = {}, {}
-    for version, specials, n_genes, prefix in (
-        ("V1", ["<pad>", "<mask>"], 30, "Geneformer-V1-10M/"),
-        ("V2", ["<pad>", "<mask>", "<cls>", "<eos>"], 40, ""),
-    ):
-        genes = [f"ENSG{i:011d}" for i in range(100, 100 + n_genes)]
-        tokens = {name: i for i, name in enumerate(specials)}
-        tokens |= {g: np.int16(len(specials) + i) for i, g in enumerate(genes)}
-        medians = {g: np.float64(1.0 + i / 10) for i, g in enumerate(genes)}
-        folder = "geneformer/" if version == "V2" else "geneformer/gene_dictionaries_30m/"
-        suffix = "gc104M" if version == "V2" else "gc30M"
-        files[f"{folder}token_dictionary_{suffix}.pkl"] = pickle.dumps(tokens)
-        files[f"{folder}gene_median_dictionary_{suffix}.pkl"] = pickle.dumps(medians)
-        files[f"{folder}ensembl_mapping_dict_{suffix}.pkl"] = pickle.dumps({g: g for g in genes})
-        models[version] = tiny_bert(len(tokens), seed=len(specials), hidden_act="relu")
-        files |= saved(models[version], scratch / f"geneformer-{version}", prefix)
-        files[prefix + "training_args.bin"] = b"\x80\x04pickle that must never load"
-    files["Geneformer-V1-10M/pytorch_model.bin"] = pickled_state(models["V1"])
-    files["geneformer/tokenizer.py"] = b"raise SystemExit('remote code ran')\n"
-    return files, models
 
 
 def esm2_files(scratch: Path) -> tuple[dict[str, bytes], torch.nn.Module]:
