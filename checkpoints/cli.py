@@ -99,7 +99,8 @@ def ls(args: argparse.Namespace) -> int:
     print("\nupstream models, converted on load (zoo.from_pretrained / biozoo pull):")
     for family in FAMILIES.values():
         ids = ", ".join(family.hub_ids) or "any such folder or repository"
-        print(f"{family.title}\t{ids}\tlicence: {family.licence} ({family.licence_source})")
+        note = f"\t{family.note}" if family.note else ""
+        print(f"{family.title}\t{ids}\tlicence: {family.licence} ({family.licence_source}){note}")
     return 0
 
 

@@ -62,6 +62,7 @@ class UpstreamFamily:
         licence_source: where that licence is stated.
         load: converts a folder in the family's layout into the zoo model, which carries
             the checkpoint's own tokenizer.
+        note: what a user should know to load them (where the weights are only a pickle).
     """
 
     title: str
@@ -69,6 +70,7 @@ class UpstreamFamily:
     licence: str
     licence_source: str
     load: Callable[[Path], eqx.Module]
+    note: str = ""
 
 
 def load_geneformer(folder: Path) -> eqx.Module:
@@ -82,7 +84,7 @@ def load_geneformer(folder: Path) -> eqx.Module:
     )
 
 
-def nucleotide_transformer(version: str, names: tuple[str, ...]) -> UpstreamFamily:
+def nucleotide_transformer(version: str, names: tuple[str, ...], note: str) -> UpstreamFamily:
     """The Nucleotide Transformer `version` family of repositories
     ``InstaDeepAI/nucleotide-transformer-<name>``, CC BY-NC-SA 4.0."""
     return UpstreamFamily(
@@ -91,9 +93,11 @@ def nucleotide_transformer(version: str, names: tuple[str, ...]) -> UpstreamFami
         licence="CC BY-NC-SA 4.0 (non-commercial, share-alike)",
         licence_source="the InstaDeepAI/nucleotide-transformer model cards and repository",
         load=import_esm,
+        note=note,
     )
 
 
+CONVERT = "download the folder yourself (hf download), then biozoo convert-bin FOLDER"
 GENEFORMER_LICENCE_SOURCE = "the ctheodoris/Geneformer model card (license: apache-2.0)"
 ESM2_MODELS = ("t6_8M", "t12_35M", "t30_150M", "t33_650M", "t36_3B", "t48_15B")
 FAMILIES: dict[str, UpstreamFamily] = {
@@ -107,19 +111,25 @@ FAMILIES: dict[str, UpstreamFamily] = {
     "geneformer-v2": UpstreamFamily(
         title="Geneformer V2",
         hub_ids=(
-            "ctheodoris/Geneformer (its root is V2-316M)",
+            "ctheodoris/Geneformer",
             "ctheodoris/Geneformer/Geneformer-V2-104M",
             "ctheodoris/Geneformer/Geneformer-V2-316M",
         ),
         licence="Apache-2.0",
         licence_source=GENEFORMER_LICENCE_SOURCE,
         load=load_geneformer,
+        note="the repository's root model is V2-316M",
     ),
     "nt-v1": nucleotide_transformer(
-        "v1", ("500m-human-ref", "500m-1000g", "2.5b-1000g", "2.5b-multi-species")
+        "v1",
+        ("500m-human-ref", "500m-1000g", "2.5b-1000g", "2.5b-multi-species"),
+        note="no model.safetensors on main when last checked: load a refs/pr/N conversion, "
+        "or " + CONVERT,
     ),
     "nt-v2": nucleotide_transformer(
-        "v2", tuple(f"v2-{size}-multi-species" for size in ("50m", "100m", "250m", "500m"))
+        "v2",
+        tuple(f"v2-{size}-multi-species" for size in ("50m", "100m", "250m", "500m")),
+        note="v2-250m has model.safetensors only on refs/pr/2",
     ),
     "dnabert": UpstreamFamily(
         title="DNABERT (k = 3, 4, 5, 6)",
@@ -127,13 +137,16 @@ FAMILIES: dict[str, UpstreamFamily] = {
         licence="see upstream",
         licence_source="the LICENSE file in each zhihan1996/DNA_bert_k repository",
         load=import_bert,
+        note="weights only as pytorch_model.bin: " + CONVERT,
     ),
     "scgpt": UpstreamFamily(
         title="scGPT whole-human",
-        hub_ids=("u-cellm/scGPT-whole-human (a mirror of the authors' Google Drive folder)",),
+        hub_ids=("u-cellm/scGPT-whole-human",),
         licence="MIT",
         licence_source="the LICENSE file of github.com/bowang-lab/scGPT",
         load=import_scgpt,
+        note="a mirror of the authors' Google Drive folder, weights only as best_model.pt: "
+        + CONVERT,
     ),
     "esm2": UpstreamFamily(
         title="ESM-2",

@@ -1,7 +1,9 @@
 """The ``biozoo`` console script.
 
 - ``biozoo tour``: every representation model on real DNA and cells, saved and reloaded;
-- ``biozoo pull | push | card | ls``: the checkpoint hub (`checkpoints.cli`);
+- ``biozoo pull | push | card | ls | export | convert-bin``: the checkpoint hub, upstream
+  models by Hub id, export to ``transformers`` and the local conversion of a PyTorch pickle
+  (`checkpoints.cli`);
 - ``biozoo pretrain dna | expression``: sharded pretraining (`pretraining.cli`);
 - ``biozoo prepare dna FASTA... --out CORPUS``: a packed, memory-mapped DNA corpus;
 - ``biozoo finetune TASK``: fine-tune a checkpoint (or a fresh model) on a downstream task;

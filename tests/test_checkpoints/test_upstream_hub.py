@@ -39,6 +39,7 @@ import zoo
 from checkpoints import CheckpointError, UnpinnedRevisionWarning
 from checkpoints.cli import main as hub_cli
 from checkpoints.references import split_reference
+from checkpoints.upstream import detect_family
 
 DNABERT = "zhihan1996/DNA_bert_3"
 GENEFORMER = "ctheodoris/Geneformer"
@@ -246,3 +247,34 @@ def test_scgpt_mirror_with_only_best_model_pt_is_refused(hub, tmp_path, monkeypa
     point_client_at(monkeypatch, endpoint, tmp_path / "cache")
     with pytest.raises(CheckpointError, match=r"only best_model\.pt .*biozoo convert-bin"):
         zoo.from_pretrained(f"{SCGPT}@{commits['scgpt']}")
+
+
+def test_families_are_recognised_from_their_files_alone(tmp_path):
+    """Only config.json, vocab.txt / vocab.json / args.json and the Geneformer dictionaries
+    are read (no weights here at all): REFERENCE_MODELS.md's published configs."""
+    esm = {"model_type": "esm", "pad_token_id": 1, "mask_token_id": 2}
+    layouts = {
+        "esm2": {"config.json": esm | {"vocab_size": 33, "mask_token_id": 32}},
+        "nt-v1": {"config.json": esm | {"vocab_size": 4105}},
+        "nt-v2": {"config.json": esm | {"vocab_size": 4107, "add_bias_fnn": False}},
+        "dnabert": {
+            "config.json": {"model_type": "bert", "vocab_size": 69},
+            "vocab.txt": DNABERT_VOCAB,
+        },
+        "bert": {
+            "config.json": {"model_type": "bert", "vocab_size": 5},
+            "vocab.txt": ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "hello"],
+        },
+        "scgpt": {"args.json": {"embsize": 512}, "vocab.json": {"A1BG": 0}},
+    }
+    for family, files in layouts.items():
+        folder = tmp_path / family
+        folder.mkdir()
+        for name, content in files.items():
+            text = "\n".join(content) if name == "vocab.txt" else json.dumps(content)
+            (folder / name).write_text(text)
+        assert detect_family(folder) == family
+    (tmp_path / "roberta").mkdir()
+    (tmp_path / "roberta" / "config.json").write_text('{"model_type": "roberta"}')
+    with pytest.raises(CheckpointError, match=r"model_type 'roberta'.*Geneformer V1"):
+        detect_family(tmp_path / "roberta")
