@@ -27,6 +27,7 @@ from upstream_models import (
     DNABERT_VOCAB,
     ESM2_VOCAB,
     TOLERANCE,
+    assert_same_arrays,
     assert_same_logits,
     geneformer_files,
     pickled_state,
@@ -240,6 +241,11 @@ def test_esm2_loads_by_hub_id_with_its_tokenizer(hub, tmp_path, monkeypatch):
     assert not {p.name for p in provenance.folder.rglob("*")} & set(NEVER_FETCHED)
     ids = np.asarray(model.tokenizer.encode("MKTAYIAKQR"))
     assert_same_logits(model, models["esm2"], ids, pad_id=1)
+
+    point_client_at(monkeypatch, "http://127.0.0.1:9", tmp_path / "cache", offline=True)
+    again, offline = zoo.from_pretrained(f"{ESM2}@{commits['esm2']}", with_provenance=True)
+    assert offline.family == "esm2" and offline.folder == provenance.folder
+    assert_same_arrays(again, model)  # converted again from the cache, nothing fetched
 
 
 def test_scgpt_mirror_with_only_best_model_pt_is_refused(hub, tmp_path, monkeypatch):
