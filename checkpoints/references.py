@@ -72,8 +72,7 @@ class Provenance:
 
     def __str__(self) -> str:
         if self.repo_id is not None:
-            inside = f"/{self.subfolder}" if self.subfolder else ""
-            return f"{self.repo_id}{inside}@{self.commit}"
+            return f"{model_path(self.repo_id, self.subfolder)}@{self.commit}"
         if self.sha256:  # a catalog checkpoint that ships inside the package
             weights = "; ".join(
                 f"{name} sha256 {digest}"
@@ -103,6 +102,11 @@ def split_reference(ref: str, revision: str | None) -> tuple[str, str | None, st
     if suffix and revision and suffix != revision:
         raise CheckpointError(f"{ref!r} names revision {suffix!r} but revision={revision!r}")
     return repo_id, subfolder or None, suffix or revision
+
+
+def model_path(repo_id: str, subfolder: str | None) -> str:
+    """``org/name`` or ``org/name/sub/folder``: where a model is on the Hub."""
+    return f"{repo_id}/{subfolder}" if subfolder else repo_id
 
 
 def resolve(
@@ -141,9 +145,10 @@ def resolve(
         text, "hub", folder, repo_id, revision, commit, subfolder=subfolder, family=family
     )
     if not provenance.pinned:
+        shown = model_path(repo_id, subfolder)
         warnings.warn(
-            f"{repo_id} loaded unpinned at {revision or 'the default branch'!r}, which is commit "
-            f"{commit} today; load {repo_id}@{commit} to pin it",
+            f"{shown} loaded unpinned at {revision or 'the default branch'!r}, which is commit "
+            f"{commit} today; load {shown}@{commit} to pin it",
             UnpinnedRevisionWarning,
             stacklevel=3,
         )
@@ -170,9 +175,10 @@ def _download_model(
     )
     if not upstream.has_safetensors(folder):
         listing = _repository_files(repo_id, commit, client.get("token"))
+        inside = [name.removeprefix(prefix) for name in listing if name.startswith(prefix)]
         upstream.refuse_pickle_weights(
-            f"{repo_id}{'/' + subfolder if subfolder else ''}@{commit}",
-            [name.removeprefix(prefix) for name in listing if name.startswith(prefix)],
+            f"{model_path(repo_id, subfolder)}@{commit}",
+            [name for name in inside if "/" not in name],  # the model folder's own files
         )
     return folder, commit, upstream.detect_family(folder)
 
