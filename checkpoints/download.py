@@ -10,6 +10,7 @@ against the Hub's content hash before use (`checkpoints.integrity`).
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from pathlib import Path
 
@@ -57,6 +58,7 @@ def download(
             cached while offline, or a corrupted cached file.
     """
     shown = f"{repo_id}@{revision or 'main'}"
+    patterns = CHECKPOINT_FILES if allow_patterns is None else allow_patterns
     try:
         folder = Path(
             huggingface_hub.snapshot_download(
@@ -65,7 +67,7 @@ def download(
                 cache_dir=cache_dir,
                 local_files_only=local_files_only,
                 token=token,
-                allow_patterns=CHECKPOINT_FILES if allow_patterns is None else allow_patterns,
+                allow_patterns=patterns,
             )
         )
     except RevisionNotFoundError:
@@ -83,7 +85,12 @@ def download(
             f"(HF_HUB_OFFLINE=1, local_files_only=True, or the Hub is unreachable{cause}); "
             "load it once while online"
         ) from None
-    present = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    # The files of this load only: the snapshot may also hold other folders' weights.
+    present = sorted(
+        name
+        for name in (p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+    )
     if not set(required) & set(present):
         raise CheckpointError(f"{shown} holds no checkpoint (no {' or '.join(required)})")
     verify_cached_snapshot(
