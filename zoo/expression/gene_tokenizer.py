@@ -295,13 +295,15 @@ class GeneTokenizer(eqx.Module):
             ValueError: when the tokenizer is not fitted or the counts are bad (see
                 `checked_medians` and `checked_counts`).
         """
+        counts = self.checked_counts(counts)
         expressed = counts > 0
         if self.config.ordering == "rank":
-            # x / median orders as log1p(x / median) does, without float32 ties from log1p.
-            priority = self.normalise(counts) / self.checked_medians()
+            # c / median orders as log1p(x / median) does (x is c times a per-cell constant).
+            # One correctly rounded division gives the same bits eagerly and under jit, so
+            # genes tied in exact arithmetic stay tied and go by index either way.
+            priority = counts.astype(jnp.float32) / self.checked_medians()
         else:
             priority = -jnp.arange(self.config.n_genes, dtype=jnp.float32)
-            counts = self.checked_counts(counts)
         _, order = jax.lax.top_k(jnp.where(expressed, priority, -jnp.inf), self.config.max_tokens)
         mask = expressed[order]
         ids = jnp.where(mask, order + self.config.first_gene_id, self.config.pad_id)
