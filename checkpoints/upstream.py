@@ -5,7 +5,9 @@
 ``config.json`` (``model_type``, and flags such as ``add_bias_fnn``) or of ``args.json``, the
 lines of ``vocab.txt``, and the presence of ``vocab.json`` or of Geneformer's dictionaries.
 Nothing in the folder is run or imported: the architecture is always ours, and the family's
-converter (`checkpoints.bert_import`, ...) reads only JSON, text and safetensors.
+converter (`checkpoints.bert_import`, ...) reads only JSON, text and a single
+``model.safetensors`` (and Geneformer's dictionary pickles, through the restricted
+plain-data unpickler of `checkpoints.restricted_pickle`).
 
 Weights must be safetensors. A folder or repository whose weights are only a PyTorch pickle
 (``pytorch_model.bin``, ``best_model.pt``) is refused with what to do instead: load a
@@ -44,10 +46,7 @@ MODEL_FILES = [
     "tokenizer_config.json",
     "special_tokens_map.json",
     "model.safetensors",
-    "model.safetensors.index.json",
-    "model-*-of-*.safetensors",
 ]
-SAFETENSORS_FILES = ("model.safetensors", "model.safetensors.index.json")
 PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 
 
@@ -187,8 +186,9 @@ def hub_patterns(prefix: str) -> list[str]:
 
 
 def has_safetensors(folder: Path) -> bool:
-    """Whether `folder` holds its weights as safetensors."""
-    return any((folder / name).is_file() for name in SAFETENSORS_FILES)
+    """Whether `folder` holds its weights as ``model.safetensors`` (the converters read one
+    unsharded file)."""
+    return (folder / "model.safetensors").is_file()
 
 
 def refuse_pickle_weights(where: str, names: list[str]) -> None:
