@@ -82,8 +82,8 @@ def write_fasta(path: Path, args: argparse.Namespace) -> None:
 
 def pretraining_run(data: list[str], task: str, out: Path, args: argparse.Namespace) -> dict:
     """One ``python -m pretraining`` run in its own process: peak RSS (MB, from the
-    kernel's accounting of that process), seconds to the first logged step, and the median
-    units/s it consumed."""
+    kernel's accounting of that process), seconds to the first logged step, and the units/s
+    it consumed between its first and last logged steps."""
     argv = [
         sys.executable, "-m", "pretraining", task, *data, "--preset", "small",
         "--steps", str(args.steps), "--batch-size", str(BATCH), "--eval-every", "0",
@@ -93,23 +93,23 @@ def pretraining_run(data: list[str], task: str, out: Path, args: argparse.Namesp
     start = time.perf_counter()
     with open(out / "stderr.txt", "wb") as err:
         process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
-    metrics, first = out / METRICS_FILE, None
+    metrics, logged = out / METRICS_FILE, []  # (seconds, train steps logged) as they grow
     while True:
         pid, status, usage = os.wait4(process.pid, os.WNOHANG)
         if pid:
             break
-        if first is None and metrics.is_file() and metrics.stat().st_size:
-            first = time.perf_counter() - start
+        steps = metrics.read_text().count('"kind": "train"') if metrics.is_file() else 0
+        if steps and (not logged or steps > logged[-1][1]):
+            logged.append((time.perf_counter() - start, steps))
         time.sleep(0.05)
     if os.waitstatus_to_exitcode(status):
         raise SystemExit(f"pretraining run failed:\n{(out / 'stderr.txt').read_text()[-3000:]}")
-    records = [json.loads(line) for line in metrics.read_text().splitlines()]
-    unit = "cells" if task == "expression" else "tokens"
-    rates = [r[f"{unit}_per_s"] for r in records if r.get(f"{unit}_per_s")]
+    units = 1 if task == "expression" else DNA_SEQ_LEN
+    (t0, s0), (t1, s1) = logged[0], logged[-1]
     return {
         "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),  # Linux reports KB
-        "first_step_s": round(first if first is not None else time.perf_counter() - start, 1),
-        f"{unit}_per_s": round(float(np.median(rates)), 1) if rates else None,
+        "first_step_s": round(t0, 1),
+        "consumed_per_s": round((s1 - s0) * BATCH * units / (t1 - t0), 1),
     }
 
 
@@ -130,7 +130,7 @@ def main() -> None:
     parser.add_argument("--nnz", type=int, default=60, help="stored counts per cell")
     parser.add_argument("--bases", type=int, default=1_000_000_000)
     parser.add_argument("--record", type=int, default=50_000_000)
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--folder", default=None, help="scratch folder (default: a temp one)")
     args = parser.parse_args()
     scratch = tempfile.TemporaryDirectory(dir=args.folder)
@@ -151,12 +151,14 @@ def main() -> None:
     ):
         print(f"run: {label}", flush=True)
         rows.append((label, pretraining_run(data, "expression", root / f"run{len(rows)}", args)))
+        print(f"  {rows[-1][1]}", flush=True)
     corpus = ExpressionCorpus(paths, val_fraction=0.05)
     cells_per_s = loader_rate(CellBatches(corpus, seed=0).batch, 50, 1)
-    consumed = rows[-1][1]["cells_per_s"]
+    consumed = rows[-1][1]["consumed_per_s"]
     result["expression"] = {label: row for label, row in rows}
     result["expression_loader_cells_per_s"] = round(cells_per_s, 1)
     result["expression_loader_over_consumption"] = round(cells_per_s / consumed, 1)
+    print(f"  loader: {cells_per_s:,.0f} cells/s", flush=True)
     small, large = rows[0][1]["peak_rss_mb"], rows[1][1]["peak_rss_mb"]
     result["rss_growth_2_to_all_files"] = round(large / small - 1, 3)
 
@@ -166,6 +168,7 @@ def main() -> None:
     started = time.perf_counter()
     packed = prepare_packed([str(fasta)], str(root / "packed"))
     result["dna_prepare_s"] = round(time.perf_counter() - started, 1)
+    print(f"  packed in {result['dna_prepare_s']} s", flush=True)
     dna_rows = []
     for label, data in (("DNA, FASTA in memory", fasta), ("DNA, packed and mapped", packed)):
         print(f"run: {label}", flush=True)
@@ -173,6 +176,7 @@ def main() -> None:
             (label, pretraining_run([str(data)], "dna", root / f"run{len(rows)}", args))
         )
         rows.append(dna_rows[-1])
+        print(f"  {rows[-1][1]}", flush=True)
     tokenizer = NucleotideTokenizer()
     for label, data in (("memory", fasta), ("packed", packed)):
         windows = MaskedWindows(DnaCorpus([str(data)]), tokenizer, DNA_SEQ_LEN, seed=0)
@@ -180,16 +184,20 @@ def main() -> None:
         result[f"dna_loader_tokens_per_s_{label}"] = round(rate, 1)
     result["dna"] = {label: row for label, row in dna_rows}
     result["dna_loader_over_consumption"] = round(
-        result["dna_loader_tokens_per_s_packed"] / dna_rows[-1][1]["tokens_per_s"], 1
+        result["dna_loader_tokens_per_s_packed"] / dna_rows[-1][1]["consumed_per_s"], 1
     )
 
-    print(f"\n{'run':44} {'peak RSS MB':>12} {'first step s':>13} {'units/s':>10}")
+    header = f"{'peak RSS MB':>12} {'first step s':>13} {'used/s':>10}"
+    print(f"\n{'run (used/s: cells or tokens)':44} {header}")
     for label, row in rows:
-        rate = row.get("cells_per_s") or row.get("tokens_per_s")
         print(
-            f"{label:44} {row['peak_rss_mb']:>12,.0f} {row['first_step_s']:>13.1f} {rate:>10,.0f}"
+            f"{label:44} {row['peak_rss_mb']:>12,.0f} {row['first_step_s']:>13.1f} "
+            f"{row['consumed_per_s']:>10,.0f}"
         )
     print(f"expression loader: {cells_per_s:,.0f} cells/s on one process")
+    for label in ("memory", "packed"):
+        rate = result[f"dna_loader_tokens_per_s_{label}"]
+        print(f"DNA loader ({label}): {rate:,.0f} tokens/s on one process")
     print(f"DNA packing, once: {result['dna_prepare_s']} s")
     scratch.cleanup()
     print(json.dumps(result))
