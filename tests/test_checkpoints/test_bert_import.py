@@ -101,9 +101,12 @@ def test_missing_and_foreign_tensors_are_listed(minilm_folder, tmp_path):
         import_bert(folder)
 
 
-def test_a_transformers_config_is_not_loaded_as_a_biozoo_checkpoint(minilm_folder):
-    with pytest.raises(CheckpointError, match="import_bert"):
-        zoo.from_pretrained(minilm_folder)
+def test_from_pretrained_converts_a_transformers_bert_folder(minilm_folder, minilm):
+    loaded, provenance = zoo.from_pretrained(minilm_folder, with_provenance=True)
+    assert provenance.family == "bert"  # checkpoints.upstream: converted on load
+    saved = jax.tree.leaves(eqx.filter(minilm, eqx.is_array))
+    for a, b in zip(saved, jax.tree.leaves(eqx.filter(loaded, eqx.is_array)), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 # DNABERT-6 (zhihan1996/DNA_bert_6; DNABERT repository bert-config-6/config.json,
