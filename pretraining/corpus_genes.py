@@ -1,12 +1,12 @@
 """One gene vocabulary for count files that hold different genes.
 
 `corpus_vocabulary` is the union of the files' genes, in order of first appearance. A
-file's genes are its ``var_names`` read by `GeneVocabulary.from_names` (Ensembl IDs as IDs,
-anything else as symbols), completed by an ID column (``gene_ids``, ``gene_id``,
-``ensembl_id``) where the names are symbols, or a symbol column (``gene_symbols``,
-``feature_name``, ``symbol``, ``gene_name``) where they are IDs. Genes are the same gene
-when their Ensembl IDs agree (version suffix ignored) if every file has IDs, and otherwise
-when their symbols agree (case-insensitively).
+file's genes are its ``var_names``, Ensembl IDs taken as IDs and anything else as symbols
+(as `GeneVocabulary.from_names` reads them), completed by an ID column (``gene_ids``,
+``gene_id``, ``ensembl_id``) where the names are symbols, or a symbol column
+(``gene_symbols``, ``feature_name``, ``symbol``, ``gene_name``) where they are IDs. Genes
+are the same gene when their Ensembl IDs agree (version suffix ignored) if every file has
+IDs, and otherwise when their symbols agree (case-insensitively).
 
 `match_files` lines each file up with a vocabulary through `GeneVocabulary.match`, which
 picks the file's best-matching names; a file that shares no gene with the vocabulary is
@@ -15,6 +15,7 @@ refused, naming it. `aligned` rewrites a block of a file's cells into vocabulary
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -30,23 +31,16 @@ from zoo.expression.gene_vocabulary import (
 
 ID_COLUMNS = ("gene_ids", "gene_id", "ensembl_id")
 SYMBOL_COLUMNS = ("gene_symbols", "feature_name", "symbol", "gene_name")
+ENSEMBL_ID = re.compile(r"^ENS[A-Z]*G\d+(\.\d+)?$", re.IGNORECASE)
 
 
 def file_genes(counts_file: CountFile) -> list[tuple[str, str]]:
-    """``(gene_id, symbol)`` of every gene of a file, "" where unknown.
-
-    Raises:
-        ExpressionDataError: naming the file, when its ``var_names`` repeat or are empty.
-    """
+    """``(gene_id, symbol)`` of every gene of a file, "" where unknown."""
     var = counts_file.var
-    try:
-        names = GeneVocabulary.from_names([str(n) for n in var.index])
-    except GeneMatchError as error:
-        raise ExpressionDataError(
-            f"{counts_file.path}: the gene names (var_names) cannot be a model's gene "
-            f"vocabulary: {error}; make them unique (AnnData.var_names_make_unique)"
-        ) from None
-    ids, symbols = list(names.gene_ids), list(names.symbols)
+    names = [str(n).strip() for n in var.index]
+    is_id = [bool(ENSEMBL_ID.match(n)) for n in names]
+    ids = [n if i else "" for n, i in zip(names, is_id, strict=True)]
+    symbols = ["" if i else n for n, i in zip(names, is_id, strict=True)]
     for column in ID_COLUMNS if not any(ids) else ():
         if column in var.columns:
             ids = [str(v) for v in var[column]]
@@ -62,7 +56,8 @@ def corpus_vocabulary(files: Sequence[CountFile]) -> GeneVocabulary:
     """The union of the genes of `files` (see the module docstring).
 
     Raises:
-        ExpressionDataError: naming the file, when a file repeats a gene.
+        ExpressionDataError: naming the file, when a file repeats a gene or has a gene
+            without a name.
     """
     genes = [file_genes(f) for f in files]
     by_id = all(all(gene_id for gene_id, _ in file) for file in genes)
@@ -70,8 +65,10 @@ def corpus_vocabulary(files: Sequence[CountFile]) -> GeneVocabulary:
     symbols_taken: set[str] = set()
     for counts_file, file in zip(files, genes, strict=True):
         seen: set[str] = set()
-        for gene_id, symbol in file:
+        for column, (gene_id, symbol) in enumerate(file):
             key = normalise_gene_name(gene_id if by_id else symbol or gene_id)
+            if not key:
+                raise ExpressionDataError(f"{counts_file.path}: gene {column} has no name")
             if key in seen:
                 raise ExpressionDataError(
                     f"{counts_file.path}: the gene {symbol or gene_id!r} is repeated in its "

@@ -156,7 +156,7 @@ def test_h5ad_with_repeated_gene_names(tmp_path, capsys, shared_data, no_compila
     path = tmp_path / "repeated.h5ad"
     adata.write_h5ad(path)
     err = run_cli(["expression", str(path), "--out", str(tmp_path / "run")], capsys)
-    assert "repeated.h5ad" in err and "symbols repeats LYZ" in err
+    assert "repeated.h5ad" in err and "the gene 'LYZ' is repeated" in err
     assert "var_names_make_unique" in err
 
 
