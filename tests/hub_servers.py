@@ -14,6 +14,7 @@ themselves in a subprocess).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -65,11 +66,16 @@ def olah_executable() -> Path:
     """``olah-cli`` in its own cached virtual environment, created on first use."""
     venv = cache_root() / f"olah-venv-{OLAH_VERSION}"
     executable = venv / "bin" / "olah-cli"
-    if not executable.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run(
-            [str(venv / "bin" / "pip"), "install", "-q", f"olah=={OLAH_VERSION}"], check=True
-        )
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    # pytest-xdist workers may get here together: one creates the environment, the others
+    # wait for it on the lock instead of installing into the same folder at once.
+    with open(venv.parent / f"olah-venv-{OLAH_VERSION}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not executable.exists():
+            subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+            subprocess.run(
+                [str(venv / "bin" / "pip"), "install", "-q", f"olah=={OLAH_VERSION}"], check=True
+            )
     return executable
 
 

@@ -12,7 +12,9 @@ uses on the tested path can be given as stubs.
 
 from __future__ import annotations
 
+import fcntl
 import importlib
+import shutil
 import subprocess
 import sys
 import types
@@ -39,9 +41,17 @@ def wheel_root(requirement: str) -> Path:
     name, version = requirement.split("==")
     folder = cache_root() / "reference_wheels" / f"{name}-{version}"
     unpacked = folder / "unpacked"
-    if unpacked.is_dir():
-        return unpacked
     folder.mkdir(parents=True, exist_ok=True)
+    # pytest-xdist workers may ask together: one fetches, the others wait on the lock.
+    with open(folder / "fetch.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not unpacked.is_dir():
+            _fetch_and_unpack(requirement, sha256, folder, unpacked)
+    return unpacked
+
+
+def _fetch_and_unpack(requirement: str, sha256: str, folder: Path, unpacked: Path) -> None:
+    name, version = requirement.split("==")
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
     result = subprocess.run(
         [*command, "-q", "-d", str(folder), requirement], capture_output=True, text=True
@@ -52,10 +62,10 @@ def wheel_root(requirement: str) -> Path:
     if sha256_of(wheels[0]) != sha256:
         raise RuntimeError(f"{wheels[0]} does not have the SHA-256 {sha256}")
     staging = folder / "staging"
+    shutil.rmtree(staging, ignore_errors=True)  # left by an interrupted earlier fetch
     with zipfile.ZipFile(wheels[0]) as archive:
         archive.extractall(staging)
     staging.rename(unpacked)
-    return unpacked
 
 
 def import_from_wheel(
