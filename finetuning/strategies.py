@@ -7,9 +7,11 @@
   arrays that get no optimiser state); embeddings stay frozen;
 - ``lora``: the head and rank-r factors on every attention projection (`zoo.common.lora`).
 
-Parameters a task never uses are never trained: the masked-language-model head of a
-sequence encoder, the masked-expression head and mask vector of the foundation model, and
-the fitted gene medians of its tokenizer.
+Parameters a task never uses are never trained (`UNUSED_FIELDS`): the masked-language-model
+head of a sequence encoder (its tied or untied decoder included), the masked-expression or
+masked-gene head and the mask vector of the foundation model, and the fitted gene medians
+of its tokenizer. Imported checkpoints (Nucleotide Transformer, ESM-2, DNABERT, Geneformer,
+scGPT) are these same classes, so every strategy applies to them unchanged.
 
 `prepare` returns the model to train and its filter spec; `finish` undoes the surgery
 (merges LoRA factors and the cut stack) so the result is a plain model again.
@@ -40,21 +42,34 @@ def _set_trainable(spec: Any, model: Any, where: Callable[[Any], Any], value: bo
     return eqx.tree_at(where, spec, marks, is_leaf=lambda x: x is None)
 
 
+# The backbone fields a downstream task never reads (absent or None fields are skipped):
+# the masked-language-model head of a sequence encoder (tied or untied decoder), and the
+# masked-expression or masked-gene head, mask vector and fitted tokenizer statistics of the
+# foundation model (ours, Geneformer's or scGPT's).
+UNUSED_FIELDS = {
+    TransformerSequenceEncoder: ("mlm_dense", "mlm_norm", "mlm_bias", "mlm_decoder"),
+    DifferentiableFoundationModel: (
+        "tokenizer",
+        "mask_value",
+        "head_hidden",
+        "head_middle",
+        "head_output",
+        "head_norm",
+        "head_bias",
+    ),
+}
+
+
 def unused_by_tasks(model: TaskModel) -> list[Callable[[TaskModel], Any]]:
-    """Selectors of the backbone parameters a downstream task never uses."""
+    """Selectors of the backbone parameters a downstream task never uses (`UNUSED_FIELDS`
+    of the backbone's class, those the model holds)."""
     backbone = model.backbone
-    if isinstance(backbone, TransformerSequenceEncoder):
-        return [lambda m: (m.backbone.mlm_dense, m.backbone.mlm_norm, m.backbone.mlm_bias)]
-    if isinstance(backbone, DifferentiableFoundationModel):
-        return [
-            lambda m: (
-                m.backbone.tokenizer,
-                m.backbone.mask_value,
-                m.backbone.head_hidden,
-                m.backbone.head_output,
-            )
-        ]
-    return []
+    names = next((v for k, v in UNUSED_FIELDS.items() if isinstance(backbone, k)), ())
+    return [
+        lambda m, name=name: getattr(m.backbone, name)
+        for name in names
+        if getattr(backbone, name, None) is not None
+    ]
 
 
 def prepare(

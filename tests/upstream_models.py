@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
+import logging
 import pickle
+import types
 from pathlib import Path
 
 import equinox as eqx
@@ -15,6 +18,7 @@ import numpy as np
 import torch
 import transformers
 
+from checkpoints.geneformer_import import GeneformerDictionaries, find_geneformer_dictionaries
 from checkpoints.tree_keys import named_leaves, replace_leaves
 
 TOLERANCE = 1e-4  # float32 logits through two layers, both sides in float32
@@ -63,6 +67,119 @@ def tiny_esm(vocab: list[str], seed: int, **settings) -> transformers.EsmForMask
     )
     torch.manual_seed(seed)
     return transformers.EsmForMaskedLM(config).eval()
+
+
+class GatedFeedForward(torch.nn.Module):
+    """NT v2's published feed-forward (REFERENCE_MODELS.md 2b), in place of transformers'
+    ``EsmIntermediate``: one bias-free linear map H -> 2I, halves x1, x2, SiLU(x1) * x2."""
+
+    def __init__(self, hidden: int, intermediate: int):
+        super().__init__()
+        self.dense = torch.nn.Linear(hidden, 2 * intermediate, bias=False)
+
+    def forward(self, x):
+        x1, x2 = self.dense(x).chunk(2, dim=-1)
+        return torch.nn.functional.silu(x1) * x2
+
+
+def with_gated_feed_forward(model: transformers.EsmForMaskedLM) -> transformers.EsmForMaskedLM:
+    """`model` with NT v2's bias-free gated feed-forward in every layer (new random weights
+    from torch's generator), as NT v2's remote code builds it."""
+    config = model.config
+    for layer in model.esm.encoder.layer:
+        layer.intermediate = GatedFeedForward(config.hidden_size, config.intermediate_size)
+        layer.output.dense = torch.nn.Linear(
+            config.intermediate_size, config.hidden_size, bias=False
+        )
+    return model
+
+
+GENEFORMER_SPECIALS = {"V1": ("<pad>", "<mask>"), "V2": ("<pad>", "<mask>", "<cls>", "<eos>")}
+
+
+def write_geneformer_dictionaries(
+    folder: Path, ensembl: list[str], version: str
+) -> GeneformerDictionaries:
+    """Token and median dictionaries of `ensembl` genes in the published pickles' format,
+    where a Geneformer checkout keeps them; the medians are random and distinct."""
+    tokens = {name: i for i, name in enumerate(GENEFORMER_SPECIALS[version])}
+    first = len(tokens)
+    tokens |= {g: np.int16(first + i) for i, g in enumerate(sorted(ensembl))}
+    rng = np.random.default_rng(1)
+    medians = {g: np.float64(np.exp(rng.normal(0.0, 1.0))) for g in sorted(ensembl)}
+    root = folder / "geneformer"
+    sub = root if version == "V2" else root / "gene_dictionaries_30m"
+    sub.mkdir(parents=True)
+    suffix = "gc104M" if version == "V2" else "gc30M"
+    (sub / f"token_dictionary_{suffix}.pkl").write_bytes(pickle.dumps(tokens))
+    (sub / f"gene_median_dictionary_{suffix}.pkl").write_bytes(pickle.dumps(medians))
+    return find_geneformer_dictionaries(folder, version)
+
+
+SCGPT = "scgpt==0.2.4"
+
+
+def scgpt_module(name: str) -> types.ModuleType:
+    """A module of the scgpt wheel; the package's ``__init__`` is replaced by a stub that
+    holds only the ``logger`` that `scgpt.preprocess` imports."""
+    from tests.reference_wheels import import_from_wheel, wheel_root
+
+    package = types.ModuleType("scgpt")
+    package.__path__ = [str(wheel_root(SCGPT) / "scgpt")]
+    package.logger = logging.getLogger("scGPT")
+    return import_from_wheel(SCGPT, name, stubs={"scgpt": package})
+
+
+def write_scgpt_folder(folder: Path, genes: list[str], args: dict) -> tuple[torch.nn.Module, dict]:
+    """A random scGPT ``TransformerModel`` (continuous values, MVC, post-norm, CLS cell
+    embedding; layer norms perturbed) over `genes` and its ``<pad> <cls> <eoc>`` tokens,
+    saved as scGPT's folder: ``args.json``, ``vocab.json`` and ``model.safetensors`` with the
+    flash-attention ``Wqkv`` names of the published checkpoints.
+
+    Returns:
+        ``(reference, vocab)``: the torch model in eval mode and the token -> id vocabulary.
+    """
+    from safetensors.torch import save_file
+
+    vocab = {g: i for i, g in enumerate(genes)}
+    vocab |= {"<pad>": len(genes), "<cls>": len(genes) + 1, "<eoc>": len(genes) + 2}
+    (folder / "args.json").write_text(json.dumps(args))
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    torch.manual_seed(0)
+    reference = (
+        scgpt_module("scgpt.model.model")
+        .TransformerModel(
+            ntoken=len(vocab),
+            d_model=args["embsize"],
+            nhead=args["nheads"],
+            d_hid=args["d_hid"],
+            nlayers=args["nlayers"],
+            nlayers_cls=args["n_layers_cls"],
+            n_cls=1,
+            vocab=vocab,
+            dropout=args["dropout"],
+            pad_token="<pad>",
+            pad_value=args["pad_value"],
+            do_mvc=True,
+            input_emb_style="continuous",
+            n_input_bins=args["n_bins"],
+            cell_emb_style="cls",
+            use_fast_transformer=False,
+            pre_norm=False,
+        )
+        .eval()
+    )
+    with torch.no_grad():  # non-trivial layer norms, so each is tested
+        for name, parameter in reference.named_parameters():
+            if "norm" in name:
+                parameter.add_(0.3 * torch.randn_like(parameter))
+    flash_names = {
+        k.replace("self_attn.in_proj_", "self_attn.Wqkv."): v.contiguous()
+        for k, v in reference.state_dict().items()
+    }
+    assert any("Wqkv" in k for k in flash_names)
+    save_file(flash_names, str(folder / "model.safetensors"))
+    return reference, vocab
 
 
 def saved(model: transformers.PreTrainedModel, folder: Path, prefix: str = "") -> dict[str, bytes]:

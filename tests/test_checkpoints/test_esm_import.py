@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from upstream_models import with_gated_feed_forward
 
 import zoo
 from checkpoints import CheckpointError
@@ -132,32 +133,13 @@ PROTEINS = [
 ]
 
 
-class GatedFeedForward(torch.nn.Module):
-    """NT v2's published feed-forward (REFERENCE_MODELS.md 2b), in place of transformers'
-    ``EsmIntermediate``: one bias-free linear map H -> 2I, halves x1, x2, SiLU(x1) * x2."""
-
-    def __init__(self, hidden: int, intermediate: int):
-        super().__init__()
-        self.dense = torch.nn.Linear(hidden, 2 * intermediate, bias=False)
-
-    def forward(self, x):
-        x1, x2 = self.dense(x).chunk(2, dim=-1)
-        return torch.nn.functional.silu(x1) * x2
-
-
 def reference_model(variant: str) -> transformers.EsmForMaskedLM:
     """A randomly initialised reference with the published configuration, in eval mode."""
     values = {"nt-v1": NT_V1, "nt-v2": NT_V2, "esm2": ESM2_8M}[variant]
     torch.manual_seed(0)
     model = transformers.EsmForMaskedLM(transformers.EsmConfig(**values))
     if variant == "nt-v2":
-        for layer in model.esm.encoder.layer:
-            layer.intermediate = GatedFeedForward(
-                values["hidden_size"], values["intermediate_size"]
-            )
-            layer.output.dense = torch.nn.Linear(
-                values["intermediate_size"], values["hidden_size"], bias=False
-            )
+        model = with_gated_feed_forward(model)
     with torch.no_grad():  # non-trivial norms and biases, so a misplaced one shows
         for name, parameter in model.named_parameters():
             if "LayerNorm" in name or "layer_norm" in name or name.endswith("bias"):

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from upstream_models import GENEFORMER_SPECIALS, write_geneformer_dictionaries
 
 from checkpoints.errors import CheckpointError
 from checkpoints.geneformer_import import (
@@ -32,7 +33,7 @@ from checkpoints.geneformer_import import (
 from tests.reference_wheels import import_from_wheel
 
 DATA = "/work/shared/data/pbmc3k_2000hvg_counts.h5ad"
-SPECIALS = {"V1": ("<pad>", "<mask>"), "V2": ("<pad>", "<mask>", "<cls>", "<eos>")}
+SPECIALS = GENEFORMER_SPECIALS
 MAX_POSITIONS = 256
 N_CELLS = 3
 
@@ -44,22 +45,6 @@ def pbmc():
     ensembl = [f"ENSG{i:011d}" for i in rng.permutation(data.n_vars) + 100]
     counts = np.asarray(data.X[: 5 * N_CELLS].toarray(), np.float32)
     return counts, ensembl
-
-
-def write_dictionaries(folder, ensembl, version):
-    """Token and median dictionaries in the published pickles' format."""
-    tokens = {name: i for i, name in enumerate(SPECIALS[version])}
-    first = len(tokens)
-    tokens |= {g: np.int16(first + i) for i, g in enumerate(sorted(ensembl))}
-    rng = np.random.default_rng(1)
-    medians = {g: np.float64(np.exp(rng.normal(0.0, 1.0))) for g in sorted(ensembl)}
-    root = folder / "geneformer"
-    sub = root if version == "V2" else root / "gene_dictionaries_30m"
-    sub.mkdir(parents=True)
-    suffix = "gc104M" if version == "V2" else "gc30M"
-    (sub / f"token_dictionary_{suffix}.pkl").write_bytes(pickle.dumps(tokens))
-    (sub / f"gene_median_dictionary_{suffix}.pkl").write_bytes(pickle.dumps(medians))
-    return find_geneformer_dictionaries(folder, version)
 
 
 def write_bert(folder, vocab_size):
@@ -119,7 +104,7 @@ def imported(request, pbmc, tmp_path_factory):
     version = request.param
     counts, ensembl = pbmc
     folder = tmp_path_factory.mktemp(f"geneformer_{version}")
-    dictionaries = write_dictionaries(folder / "repo", ensembl, version)
+    dictionaries = write_geneformer_dictionaries(folder / "repo", ensembl, version)
     reference = write_bert(folder / "model", len(SPECIALS[version]) + len(ensembl))
     model = import_geneformer(
         folder / "model",

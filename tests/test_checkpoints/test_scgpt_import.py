@@ -7,10 +7,6 @@ the cell embedding and in the expression predictions (float32, atol 1e-4). The z
 binning equals scGPT's ``binning`` on tie-free values, and a pickle-only folder is refused.
 """
 
-import json
-import logging
-import types
-
 import anndata as ad
 import equinox as eqx
 import jax
@@ -18,15 +14,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
+from upstream_models import scgpt_module, write_scgpt_folder
 
 from checkpoints.errors import CheckpointError
 from checkpoints.scgpt_import import import_scgpt, read_vocabulary
-from tests.reference_wheels import import_from_wheel, wheel_root
 from zoo.expression.value_binning import quantile_bins
 
 DATA = "/work/shared/data/pbmc3k_2000hvg_counts.h5ad"
-SCGPT = "scgpt==0.2.4"
 MAX_SEQ_LEN = 128
 N_CELLS = 3
 ARGS = {  # whole-human's args.json, shrunk in width and depth
@@ -45,58 +39,12 @@ ARGS = {  # whole-human's args.json, shrunk in width and depth
 }
 
 
-def scgpt_module(name):
-    """A module of the scgpt wheel; the package's ``__init__`` is replaced by a stub that
-    holds only the ``logger`` that `scgpt.preprocess` imports."""
-    package = types.ModuleType("scgpt")
-    package.__path__ = [str(wheel_root(SCGPT) / "scgpt")]
-    package.logger = logging.getLogger("scGPT")
-    return import_from_wheel(SCGPT, name, stubs={"scgpt": package})
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     data = ad.read_h5ad(DATA)
     genes = sorted(data.var_names)
-    vocab = {g: i for i, g in enumerate(genes)}
-    vocab |= {"<pad>": len(genes), "<cls>": len(genes) + 1, "<eoc>": len(genes) + 2}
     folder = tmp_path_factory.mktemp("scgpt_human")
-    (folder / "args.json").write_text(json.dumps(ARGS))
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    torch.manual_seed(0)
-    reference = (
-        scgpt_module("scgpt.model.model")
-        .TransformerModel(
-            ntoken=len(vocab),
-            d_model=ARGS["embsize"],
-            nhead=ARGS["nheads"],
-            d_hid=ARGS["d_hid"],
-            nlayers=ARGS["nlayers"],
-            nlayers_cls=ARGS["n_layers_cls"],
-            n_cls=1,
-            vocab=vocab,
-            dropout=ARGS["dropout"],
-            pad_token="<pad>",
-            pad_value=ARGS["pad_value"],
-            do_mvc=True,
-            input_emb_style="continuous",
-            n_input_bins=ARGS["n_bins"],
-            cell_emb_style="cls",
-            use_fast_transformer=False,
-            pre_norm=False,
-        )
-        .eval()
-    )
-    with torch.no_grad():  # non-trivial layer norms, so each is tested
-        for name, parameter in reference.named_parameters():
-            if "norm" in name:
-                parameter.add_(0.3 * torch.randn_like(parameter))
-    flash_names = {
-        k.replace("self_attn.in_proj_", "self_attn.Wqkv."): v.contiguous()
-        for k, v in reference.state_dict().items()
-    }
-    assert any("Wqkv" in k for k in flash_names)
-    save_file(flash_names, str(folder / "model.safetensors"))
+    reference, vocab = write_scgpt_folder(folder, genes, ARGS)
     model = eqx.nn.inference_mode(import_scgpt(folder))
     column = {g: j for j, g in enumerate(data.var_names)}
     order = [column[g] for g in read_vocabulary(folder / "vocab.json").genes]
