@@ -146,13 +146,13 @@ class CountFile:
         return self._read_sorted(np.arange(start, stop))
 
     def _read_sorted(self, rows: np.ndarray) -> sp.csr_matrix:
-        """Cells `rows` (increasing): for CSR, each cell's slice of ``X/data`` and
-        ``X/indices`` (one read for a contiguous run); for a dense ``X``, its rows."""
+        """Cells `rows` (increasing), one read per run of consecutive cells: for CSR, the
+        run's slice of ``X/data`` and ``X/indices``; for a dense ``X``, its rows."""
+        runs = np.split(rows, np.flatnonzero(np.diff(rows) != 1) + 1) if len(rows) else []
         if self.recovered is not None:
             counts = self.recovered[rows]
         elif self.sparse:
             stored = self._stored()
-            runs = np.split(rows, np.flatnonzero(np.diff(rows) != 1) + 1) if len(rows) else []
             data, indices = [], []
             for run in runs:
                 first, last = self.indptr[run[0]], self.indptr[run[-1] + 1]
@@ -168,8 +168,9 @@ class CountFile:
                 shape=(len(rows), self.n_genes),
             )
         else:
-            dense = [np.asarray(self._stored()[int(r)], np.float64) for r in rows]
-            counts = sp.csr_matrix(np.stack(dense) if dense else np.zeros((0, self.n_genes)))
+            stored = self._stored()
+            blocks = [np.asarray(stored[run[0] : run[-1] + 1], np.float64) for run in runs]
+            counts = sp.csr_matrix(np.concatenate([np.zeros((0, self.n_genes)), *blocks]))
         check_counts(counts.data, self.path)
         return counts.astype(np.float32)
 

@@ -114,6 +114,16 @@ def test_a_batch_reads_only_its_rows_and_zarr_reads_alike(cell_files, tmp_path, 
     assert read == [2, 2]
 
 
+def test_dense_counts_read_like_csr(cell_files, tmp_path):
+    adata = anndata.read_h5ad(cell_files[1])
+    adata.X = adata.X.toarray()
+    adata.write_h5ad(tmp_path / "dense.h5ad")
+    dense, csr = CountFile(tmp_path / "dense.h5ad"), CountFile(cell_files[1])
+    rows = [7, 3, 3, 4, 5, 59]
+    np.testing.assert_array_equal(dense.read_rows(rows).toarray(), csr.read_rows(rows).toarray())
+    np.testing.assert_array_equal(dense.read_block(0, 60).toarray(), adata.X)
+
+
 def test_h5ad_with_csc_counts_is_refused(cell_files, tmp_path):
     adata = anndata.read_h5ad(cell_files[0])
     adata.X = adata.X.tocsc()
