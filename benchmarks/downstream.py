@@ -14,11 +14,11 @@ same step budget, batch size and peak learning rate:
 - DNA: 6-mer-frequency logistic regression, a ``zoo.SequenceEmbedding`` CNN from scratch,
   the checkpoint's architecture from scratch, and the checkpoint (``--dna-checkpoint``,
   default ``dna-encoder-tiny``) fine-tuned with the ``full`` and ``linear`` strategies;
-- cells: PCA of highly variable genes + logistic regression, a ``zoo.VAENormalizer``
-  latent + logistic regression, the checkpoint's architecture from scratch (keeping its
-  fitted gene statistics), and the
-  checkpoint (``--cell-checkpoint``, default ``fm-pbmc3k-tiny``; cells lined up with its
-  genes) fine-tuned ``full`` and ``linear``.
+- cells: PCA of highly variable genes + logistic regression and a ``zoo.VAENormalizer``
+  latent + logistic regression (both on the file's own genes), the checkpoint's
+  architecture from scratch (keeping its fitted gene statistics), and the checkpoint
+  (``--cell-checkpoint``, default ``fm-pbmc3k-tiny``; cells lined up with its genes)
+  fine-tuned ``full`` and ``linear``.
 
 Reported: MCC, macro-F1 and AUROC on the test split, each with a 95 % percentile bootstrap
 interval (`benchmarks.bootstrap`), as a Markdown table (printed and written to
@@ -106,14 +106,15 @@ def dna_models(task, args, config: FineTuneConfig, checkpoint):
     }
 
 
-def cell_models(task, args, config: FineTuneConfig, checkpoint):
-    """The cell models by name, each a function giving test probabilities (`task` already
-    lined up with the checkpoint's genes)."""
+def cell_models(native, task, args, config: FineTuneConfig, checkpoint):
+    """The cell models by name, each a function giving test probabilities: the classical
+    baselines read the `native` task (the file's own genes), the transformers `task` (the
+    same cells lined up with the checkpoint's genes)."""
     progress = not args.no_progress
     return {
-        "HVG PCA + LR": lambda: baselines.hvg_pca_logistic(task),
+        "HVG PCA + LR": lambda: baselines.hvg_pca_logistic(native),
         "VAE latent + LR": lambda: baselines.vae_logistic(
-            task, args.vae_epochs, seed=args.seed, progress=progress
+            native, args.vae_epochs, seed=args.seed, progress=progress
         ),
         "transformer scratch": lambda: baselines.neural(
             task, same_architecture_from_scratch(checkpoint), config, progress=progress
@@ -201,8 +202,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             models = dna_models(task, args, config, checkpoint)
         else:
             task, fraction = aligned(built[0], gene_names(built[1]), genes)
-            note = f"{fraction:.0%} of the checkpoint's genes found"
-            models = cell_models(task, args, config, checkpoint)
+            note = f"{fraction:.0%} of the checkpoint's genes found (transformer rows)"
+            models = cell_models(built[0], task, args, config, checkpoint)
         for model_name, run in models.items():
             if args.models and model_name not in args.models:
                 continue
