@@ -8,9 +8,11 @@ so that a corpus larger than memory is paged in as windows are read. The last
 ``val_fraction`` of every record is held out for validation.
 
 `MaskedWindows` draws training examples: a window of the training region, from either
-strand, tokenized by the model's `NucleotideTokenizer`, with BERT's masking (Devlin et al.,
-2019): 15 % of the non-``[UNK]`` tokens are prediction targets, of which 80 % are replaced by
-``[MASK]``, 10 % by a random token and 10 % left unchanged. Example ``row`` of step ``step``
+strand, tokenized by the model's own tokenizer (the zoo's `NucleotideTokenizer`, or the
+`VocabularyTokenizer` of an imported Nucleotide Transformer or DNABERT checkpoint; see
+`TokenScheme`), with BERT's masking (Devlin et al., 2019): 15 % of the maskable tokens (not
+special, not unknown) are prediction targets, of which 80 % are replaced by the mask token,
+10 % by a random maskable token and 10 % left unchanged. Example ``row`` of step ``step``
 depends only on ``(seed, step, row)``, so the data order is the same whatever the number of
 processes or devices, each process draws only its own rows, and a resumed run continues
 exactly.
@@ -18,6 +20,7 @@ exactly.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -27,8 +30,10 @@ import numpy as np
 from pretraining.packed_dna import N_CODE, PackedDnaError, is_packed, read_packed, write_packed
 from pretraining.provenance import Source
 from pretraining.sources import dataset_names, local_source, sha256_of
+from zoo.sequence import vocabulary_tokenizer
 from zoo.sequence.fasta import read_fasta
 from zoo.sequence.nucleotides import MASK, SPECIAL_TOKENS, UNK, NucleotideTokenizer
+from zoo.sequence.vocabulary_tokenizer import VocabularyTokenizer
 
 LETTERS = np.frombuffer(b"ACGTN", np.uint8)
 _CODES = np.full(256, -1, np.int8)
@@ -172,13 +177,83 @@ class MlmBatch(NamedTuple):
     targets: np.ndarray
 
 
+@dataclasses.dataclass(frozen=True)
+class TokenScheme:
+    """How `MaskedWindows` cuts and masks windows for one tokenizer.
+
+    Attributes:
+        window: letters per window; they tokenize to exactly ``seq_len`` tokens.
+        mask_id: the mask token.
+        maskable: per token id, whether it may be a prediction target (special tokens and
+            the unknown / N token may not).
+        replacements: the ids a random replacement is drawn from (the maskable ids).
+        allow_n: whether a window may hold N (False where N would change the token count).
+    """
+
+    window: int
+    mask_id: int
+    maskable: np.ndarray
+    replacements: np.ndarray
+    allow_n: bool
+
+
+def token_scheme(tokenizer: NucleotideTokenizer | VocabularyTokenizer, seq_len: int) -> TokenScheme:
+    """The `TokenScheme` of `tokenizer` for windows of `seq_len` tokens, the first token
+    (``[CLS]`` / ``<cls>``) included:
+
+    * `NucleotideTokenizer`: ``[CLS]`` and ``seq_len - 1`` k-mers at the tokenizer's
+      stride, so ``(seq_len - 2) * stride + kmer`` letters; every k-mer but ``[UNK]`` is
+      maskable.
+    * ``nt-v1-K`` / ``nt-v2-K``: ``<cls>`` and ``seq_len - 1`` non-overlapping K-mers, so
+      ``(seq_len - 1) * K`` letters without N (an N would split the K-mers); the K-mers and
+      single letters are maskable, the special tokens and ``N`` are not.
+    * ``dnabert-K``: ``[CLS]``, ``seq_len - 2`` overlapping K-mers, ``[SEP]``, so
+      ``seq_len + K - 3`` letters; a K-mer holding N is ``[UNK]``, never a target.
+
+    Raises:
+        CorpusError: for a tokenizer that does not read DNA (``esm2``, an alphabet other
+            than ACGT) or a `seq_len` too short for one token after the first.
+    """
+    if isinstance(tokenizer, NucleotideTokenizer):
+        if tokenizer.alphabet != "ACGT":
+            raise CorpusError(f"a DNA corpus needs the alphabet ACGT, not {tokenizer.alphabet}")
+        if seq_len < 2:
+            raise CorpusError(f"seq_len must be at least 2 ([CLS] and one token), got {seq_len}")
+        ids = np.arange(tokenizer.vocab_size)
+        return TokenScheme(
+            window=(seq_len - 2) * tokenizer.stride + tokenizer.kmer,
+            mask_id=MASK,
+            maskable=ids != UNK,
+            replacements=ids[len(SPECIAL_TOKENS) :],
+            allow_n=tokenizer.allow_n,
+        )
+    if tokenizer.scheme == "esm2":
+        raise CorpusError("the esm2 tokenizer reads proteins; a DNA corpus needs a DNA model")
+    vocab = np.array(tokenizer.vocab)
+    special = np.isin(vocab, vocabulary_tokenizer.SPECIAL_TOKENS[tokenizer.scheme] + ("N",))
+    ids = np.arange(len(vocab))
+    dnabert = tokenizer.scheme == "dnabert"
+    least = 3 if dnabert else 2
+    if seq_len < least:
+        raise CorpusError(
+            f"seq_len must be at least {least} for the {tokenizer.name} tokenizer, got {seq_len}"
+        )
+    return TokenScheme(
+        window=seq_len + tokenizer.kmer - 3 if dnabert else (seq_len - 1) * tokenizer.kmer,
+        mask_id=tokenizer.mask_id,
+        maskable=~special,
+        replacements=ids[~special],
+        allow_n=dnabert,
+    )
+
+
 class MaskedWindows:
     """Masked token windows of a `DnaCorpus` (see the module docstring).
 
     Args:
         corpus: the DNA.
-        tokenizer: the model's tokenizer; its alphabet must be ``ACGT``.
-        seq_len: tokens per example, ``[CLS]`` included.
+        tokenizer: the model's tokenizer (see `token_scheme`).
+        seq_len: tokens per example, the first (``[CLS]``) included.
         seed: the run's seed.
         mask_rate: fraction of the tokens after ``[CLS]`` that are prediction targets.
         max_n_fraction: windows with more N than this are redrawn (with ``allow_n=False``
@@ -188,24 +263,21 @@ class MaskedWindows:
     def __init__(
         self,
         corpus: DnaCorpus,
-        tokenizer: NucleotideTokenizer,
+        tokenizer: NucleotideTokenizer | VocabularyTokenizer,
         seq_len: int,
         *,
         seed: int,
         mask_rate: float = 0.15,
         max_n_fraction: float = 0.1,
     ):
-        if tokenizer.alphabet != "ACGT":
-            raise CorpusError(f"a DNA corpus needs the alphabet ACGT, not {tokenizer.alphabet}")
-        if seq_len < 2:
-            raise CorpusError(f"seq_len must be at least 2 ([CLS] and one token), got {seq_len}")
+        self.scheme = token_scheme(tokenizer, seq_len)
         self.corpus = corpus
         self.tokenizer = tokenizer
         self.seq_len = seq_len
         self.seed = seed
-        self.window = (seq_len - 2) * tokenizer.stride + tokenizer.kmer
+        self.window = self.scheme.window
         self.n_targets = max(1, round(mask_rate * (seq_len - 1)))
-        self.max_n = int(max_n_fraction * self.window) if tokenizer.allow_n else 0
+        self.max_n = int(max_n_fraction * self.window) if self.scheme.allow_n else 0
         # per part: (record, first window start, number of window starts) of each region
         # long enough for a window, and the probability of drawing from each region
         self.regions: dict[int, list[tuple[int, int, int]]] = {}
@@ -240,18 +312,25 @@ class MaskedWindows:
     def example(self, step: int, row: int, part: int = TRAIN) -> tuple[np.ndarray, ...]:
         """Tokens, masked positions and targets of example `row` of `step`."""
         rng = np.random.default_rng((self.seed, part, step, row))
+        scheme = self.scheme
         while True:
             tokens = self.tokenizer.encode(LETTERS[self._window(rng, part)].tobytes().decode())
-            candidates = np.flatnonzero(tokens[1:] != UNK) + 1
+            if len(tokens) != self.seq_len:
+                raise CorpusError(
+                    f"a window of {self.window} letters gave {len(tokens)} tokens, not "
+                    f"{self.seq_len}"
+                )
+            candidates = np.flatnonzero(scheme.maskable[tokens[1:]]) + 1
             if candidates.size >= self.n_targets:
                 break
         positions = np.sort(rng.choice(candidates, self.n_targets, replace=False))
         targets = tokens[positions]
         action = rng.random(self.n_targets)
-        random_ids = rng.integers(len(SPECIAL_TOKENS), self.tokenizer.vocab_size, self.n_targets)
+        # drawn as an index into the replacements: the same stream as integers(low, high)
+        random_ids = scheme.replacements[rng.integers(0, len(scheme.replacements), self.n_targets)]
         tokens = tokens.copy()
         tokens[positions] = np.where(
-            action < 0.8, MASK, np.where(action < 0.9, random_ids, targets)
+            action < 0.8, scheme.mask_id, np.where(action < 0.9, random_ids, targets)
         )
         return tokens, positions.astype(np.int32), targets.astype(np.int32)
 
