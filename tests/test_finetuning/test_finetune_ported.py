@@ -9,6 +9,8 @@ Geneformer V1 and scGPT. Then, through finetuning's own entry points:
   leaf is trained if and only if its task-loss gradient is non-zero (so no unused head,
   tied or untied, is trained, and nothing used is left frozen); ``linear``, ``partial`` and
   ``lora`` train the head, the later layers and the LoRA factors;
+- the from-scratch baseline (`finetuning.backbones.same_architecture_from_scratch`) has the
+  imported architecture, new weights and, for cells, the imported gene statistics;
 - ``full`` and ``lora`` fine-tunes (`finetuning.train.fine_tune`) lower the training loss on
   real data: transcript-of-origin of 60 bp windows of the salmon sample's transcripts for
   the DNA models, pbmc3k cell types for the cell models; ESM-2 on a synthetic protein task
@@ -41,6 +43,7 @@ import zoo
 from checkpoints.geneformer_import import import_geneformer, read_token_dictionary
 from checkpoints.scgpt_import import read_vocabulary
 from finetuning.api import embed, finetune
+from finetuning.backbones import same_architecture_from_scratch
 from finetuning.run import task_model
 from finetuning.strategies import UNUSED_FIELDS, prepare
 from finetuning.tasks import Split, Task
@@ -234,6 +237,25 @@ def test_linear_partial_and_lora_train_their_parts(imported, family):
             assert rest and all(".stack.rest." in k or "final_norm" in k for k in rest), rest
         else:
             assert rest and all("lora" in k for k in rest), rest
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_from_scratch_baseline_has_the_imported_architecture(imported, family):
+    backbone, _ = imported[family]
+    fresh = same_architecture_from_scratch(backbone)
+    assert type(fresh) is type(backbone) and fresh.config == backbone.config
+    ours, theirs = (
+        by_path(eqx.filter(fresh, eqx.is_array)),
+        by_path(eqx.filter(backbone, eqx.is_array)),
+    )
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}
+    embedding = (
+        ".gene_embedding.weight" if family in ("geneformer", "scgpt") else ".token_embedding.weight"
+    )
+    assert not np.array_equal(ours[embedding], theirs[embedding])
+    if family in ("geneformer", "scgpt"):  # the fitted gene statistics are kept
+        kept = [k for k in ours if k.startswith(".tokenizer.")]
+        assert kept and all(np.array_equal(ours[k], theirs[k]) for k in kept)
 
 
 @pytest.mark.parametrize("family", ("nt-v2", "dnabert", "geneformer", "scgpt"))
