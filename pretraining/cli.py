@@ -5,11 +5,12 @@ expression ...`` (also wired as subcommands of the ``biozoo`` console script thr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 
 from pretraining.optimizer import COMPUTE_DTYPES, OptimizerConfig
-from pretraining.presets import PRESETS
+from pretraining.presets import INIT_LEARNING_RATE, PRESETS
 
 DESCRIPTION = """\
 Sharded pretraining of the zoo's transformers on one host or many.
@@ -42,16 +43,29 @@ def add_run_arguments(parser: argparse.ArgumentParser, task: str) -> None:
     data.add_argument(
         "--preset",
         choices=sorted(PRESETS),
-        default="tiny",
+        default=None,
         help="model size: tiny (64 wide, 2 layers; tests), small (256 wide, 4 layers), "
-        "base (768 wide, 12 layers) (default: %(default)s)",
+        "base (768 wide, 12 layers) (default: tiny; not with --init)",
+    )
+    data.add_argument(
+        "--init",
+        default="",
+        metavar="REF",
+        help="continue pretraining this checkpoint instead of a fresh preset model: a model "
+        "folder (a previous run's OUT/model), a catalog name (dna-encoder-tiny, "
+        "fm-pbmc3k-tiny), a Hub repo org/name[@revision], or a folder in the layout of NT "
+        "v1/v2, DNABERT, ESM-2 or scGPT; its architecture, tokenizer, dropout and genes are "
+        "kept, so --preset, --dropout"
+        + (" and --max-tokens" if task == "expression" else "")
+        + " may not be given",
     )
     if task == "dna":
         data.add_argument(
             "--seq-len",
             type=int,
             default=0,
-            help="tokens per window, [CLS] included (default: the preset's, 128/512/512)",
+            help="tokens per window, [CLS] included (default: the preset's, 128/512/512, or "
+            "the --init model's max_len)",
         )
     else:
         data.add_argument(
@@ -67,7 +81,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, task: str) -> None:
             help="gene vocabulary to align the files to: a genes.tsv, or a model folder "
             "holding one (default: the union of the files' genes)",
         )
-    data.add_argument("--dropout", type=float, default=0.1, help="dropout (default: 0.1)")
+    data.add_argument(
+        "--dropout", type=float, default=None, help="dropout (default: 0.1; not with --init)"
+    )
     data.add_argument(
         "--val-fraction",
         type=float,
@@ -98,7 +114,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, task: str) -> None:
         "--lr",
         type=float,
         default=None,
-        help="peak learning rate (default: the preset's, 2e-3/5e-4/1e-4)",
+        help="peak learning rate (default: the preset's, 2e-3/5e-4/1e-4; 1e-4 with --init)",
     )
     loop.add_argument(
         "--warmup",
@@ -249,18 +265,25 @@ def start_distributed(args: argparse.Namespace) -> None:
 
 
 def run_config(args: argparse.Namespace):
-    """The `RunConfig` the arguments describe."""
-    from pretraining.run_config import RunConfig
+    """The `RunConfig` the arguments describe; with ``--init``, the reference's digest
+    (`pretraining.initial_model.init_digest`) is resolved and recorded."""
+    from pretraining.initial_model import init_digest
+    from pretraining.run_config import DEFAULT_DROPOUT, RunConfig
 
-    preset = PRESETS[args.preset]
-    return RunConfig(
+    if args.init:  # RunConfig refuses --preset, --dropout or --max-tokens beside it
+        preset_name, learning_rate = args.preset or "", INIT_LEARNING_RATE
+    else:
+        preset_name = args.preset or "tiny"
+        learning_rate = PRESETS[preset_name].learning_rate
+    config = RunConfig(
         task=args.task,
         data=tuple(args.data),
-        preset=args.preset,
+        preset=preset_name,
+        init=args.init,
         seq_len=getattr(args, "seq_len", 0),
         max_tokens=getattr(args, "max_tokens", 0),
         genes=getattr(args, "genes", ""),
-        dropout=args.dropout,
+        dropout=DEFAULT_DROPOUT if args.dropout is None else args.dropout,
         steps=args.steps,
         batch_size=args.batch_size,
         seed=args.seed,
@@ -270,7 +293,7 @@ def run_config(args: argparse.Namespace):
         save_every=args.save_every,
         keep=args.keep,
         optimizer=OptimizerConfig(
-            learning_rate=preset.learning_rate if args.lr is None else args.lr,
+            learning_rate=learning_rate if args.lr is None else args.lr,
             warmup_steps=args.warmup,
             weight_decay=args.weight_decay,
             clip_norm=args.clip_norm,
@@ -278,6 +301,8 @@ def run_config(args: argparse.Namespace):
             compute_dtype=args.compute_dtype,
         ),
     )
+    # what the reference names now, so a resume that would load other weights is refused
+    return dataclasses.replace(config, init_digest=init_digest(args.init)) if args.init else config
 
 
 def run_from_arguments(args: argparse.Namespace) -> int:
@@ -298,6 +323,7 @@ def user_errors() -> tuple[type[Exception], ...]:
     """The exceptions that report a problem with the settings or the data."""
     from pretraining.dna_data import CorpusError
     from pretraining.expression_data import ExpressionDataError
+    from pretraining.initial_model import InitError
     from pretraining.mesh import MeshError
     from pretraining.sharding import ShardingError
     from pretraining.sources import FetchError
@@ -313,6 +339,7 @@ def user_errors() -> tuple[type[Exception], ...]:
         CorpusError,
         ExpressionDataError,
         FetchError,
+        InitError,
         MeshError,
         RunError,
         SequenceError,

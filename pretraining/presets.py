@@ -1,6 +1,9 @@
 """Model size presets of the command line: ``tiny`` (tests, seconds on a laptop), ``small``
 (the benchmark shape, BERT-small-like) and ``base`` (BERT-base widths).
 
+A run that continues pretraining a checkpoint (``--init``) takes the checkpoint's
+architecture instead, and `INIT_LEARNING_RATE` as its default peak learning rate.
+
 A preset fixes the transformer stack, the DNA window length in tokens, the most gene
 tokens per cell, and a peak learning rate that suits its width.
 """
@@ -38,3 +41,6 @@ PRESETS = {
         TransformerConfig(dim=768, n_layers=12, n_heads=12, mlp_dim=3072), 512, 1024, 1e-4
     ),
 }
+
+# default peak learning rate of continued pretraining (--init): gentle on trained weights
+INIT_LEARNING_RATE = 1e-4

@@ -18,6 +18,7 @@ from zoo.common.config import Config, require, require_choice, require_positive,
 TASKS = ("dna", "expression")
 # Fields that may change when a run is resumed (they do not change the trajectory).
 RESUMABLE_CHANGES = ("eval_every", "eval_batches", "save_every", "keep")
+DEFAULT_DROPOUT = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,16 +29,25 @@ class RunConfig(Config):
         task: ``"dna"`` (masked language modelling of `TransformerSequenceEncoder`) or
             ``"expression"`` (masked expression of `DifferentiableFoundationModel`).
         data: corpus files or dataset names.
-        preset: model size, a key of `pretraining.presets.PRESETS`.
-        seq_len: DNA tokens per example (0: the preset's).
-        max_tokens: most gene tokens per cell (0: the preset's, capped at the gene count).
+        preset: model size, a key of `pretraining.presets.PRESETS`; "" with `init`.
+        init: continue pretraining this checkpoint (`pretraining.initial_model`; "": a
+            freshly initialised preset model). Its architecture, tokenizer, dropout and
+            gene vocabulary are kept.
+        init_digest: what `init` resolved to when the run started (Hub commit SHA or
+            ``sha256:`` of the files; `pretraining.initial_model.init_digest`); the weights
+            loaded must still match it ("": not checked).
+        seq_len: DNA tokens per example (0: the preset's, or the `init` model's max_len).
+        max_tokens: most gene tokens per cell (0: the preset's, capped at the gene count;
+            must be 0 with `init`, whose tokenizer fixes it).
         genes: the expression vocabulary to align the corpus to: a ``genes.tsv`` or a
             model folder holding one ("": the union of the corpus files' genes).
-        dropout: dropout probability of the transformer.
+        dropout: dropout probability of a preset's transformer (with `init`, the
+            checkpoint's own dropout is kept and this must stay at its default, 0.1).
         steps: optimiser updates in the whole run; also the length of the learning-rate
             schedule, so a resumed run cannot change it.
         batch_size: examples per update (all processes and micro-batches together).
-        seed: seeds the initial weights, the data order, masks and dropout.
+        seed: seeds the initial weights (without `init`), the data order, masks and
+            dropout.
         val_fraction: share of the corpus held out (the end of each DNA record; random
             cells).
         eval_every: validate every this many steps (0: only at the end).
@@ -50,10 +60,12 @@ class RunConfig(Config):
     task: str = "dna"
     data: tuple[str, ...] = ()
     preset: str = "tiny"
+    init: str = ""
+    init_digest: str = ""
     seq_len: int = 0
     max_tokens: int = 0
     genes: str = ""
-    dropout: float = 0.1
+    dropout: float = DEFAULT_DROPOUT
     steps: int = 1000
     batch_size: int = 32
     seed: int = 0
@@ -66,7 +78,24 @@ class RunConfig(Config):
 
     def validate(self) -> None:
         require_choice("task", self.task, TASKS)
-        require_choice("preset", self.preset, tuple(PRESETS))
+        if self.init:
+            require(
+                not self.preset,
+                f"preset: --init {self.init} fixes the architecture; give no preset "
+                f"(got {self.preset!r})",
+            )
+            require(
+                self.max_tokens == 0,
+                f"max_tokens: --init {self.init} fixes the tokens per cell (its tokenizer's "
+                "max_tokens)",
+            )
+            require(
+                self.dropout == DEFAULT_DROPOUT,
+                f"dropout: --init {self.init} keeps the checkpoint's own dropout",
+            )
+        else:
+            require(not self.init_digest, "init_digest: only a run with init has one")
+            require_choice("preset", self.preset, tuple(PRESETS))
         require(len(self.data) > 0, "data: give at least one corpus file or dataset name")
         require_positive(
             steps=self.steps,

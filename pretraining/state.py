@@ -75,6 +75,12 @@ class TrainingCheckpoints:
             force=True,
         )
 
+    def metadata(self, step: int) -> dict[str, Any]:
+        """The JSON metadata saved at `step` (no arrays are read)."""
+        return self.manager.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))[
+            "metadata"
+        ]
+
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
         """The state saved at `step`, placed as `abstract_state` (a PyTree of
         `jax.ShapeDtypeStruct` with shardings) asks, and its metadata.
@@ -82,9 +88,7 @@ class TrainingCheckpoints:
         Raises:
             StateError: when the saved leaves are not those of `abstract_state`.
         """
-        metadata = self.manager.restore(
-            step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore())
-        )["metadata"]
+        metadata = self.metadata(step)
         expected = leaf_paths(abstract_state)
         if metadata["leaf_paths"] != expected:
             missing = sorted(set(expected) - set(metadata["leaf_paths"]))

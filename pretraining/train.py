@@ -137,9 +137,12 @@ class Run:
         self.out = Path(out)
         # settings first, then the data, then compilation: a mistake costs no compute
         self.mesh = make_mesh(mesh)
-        check_heads(PRESETS[run.preset].transformer.n_heads, self.mesh)
+        if run.preset:  # an --init model's heads are known once it is loaded
+            check_heads(PRESETS[run.preset].transformer.n_heads, self.mesh)
         check_batch_size(run.batch_size, self.mesh, run.optimizer.accumulate_steps)
         self.task: Task = build_task(run)  # every data error surfaces here, before compute
+        if not run.preset:
+            check_heads(self.task.model.config.transformer.n_heads, self.mesh)
         self.main_process = jax.process_index() == 0
         if self.main_process:
             print(self.task.corpus.describe(), file=sys.stderr)
@@ -176,8 +179,8 @@ class Run:
         }
 
     def _restore(self, step: int) -> tuple[Any, Any, int]:
-        state, metadata = self.checkpoints.restore(step, self._abstract_state())
-        saved = RunConfig.from_dict(metadata["run"])
+        # settings first: another model's arrays would not even match the saved leaves
+        saved = RunConfig.from_dict(self.checkpoints.metadata(step)["run"])
         changed = self.config.changes_from(saved)
         if changed:
             raise RunError(
@@ -185,6 +188,7 @@ class Run:
                 "resume with the same command (--steps included: it sets the learning-rate "
                 "schedule), or choose another --out"
             )
+        state, metadata = self.checkpoints.restore(step, self._abstract_state())
         return state["params"], state["opt_state"], metadata["step"]
 
     def _save(self, *, force: bool = False) -> None:
