@@ -19,6 +19,9 @@ Sharded pretraining of the zoo's transformers on one host or many.
   expression  masked expression prediction of a DifferentiableFoundationModel on .h5ad counts
   prepare     pack FASTA files once into a memory-mapped corpus (`prepare dna`)
 
+`--init REF` continues pretraining a checkpoint (ours, a Hub repository, or an imported
+NT, DNABERT or scGPT folder) with its own architecture, tokenizer and genes.
+
 A run writes OUT/checkpoints (Orbax training state), OUT/metrics.jsonl and, at the end,
 OUT/model (a zoo.from_pretrained folder with a model card and a loss curve). Run
 `python -m pretraining dna --help` for every option.

@@ -128,8 +128,9 @@ class Run:
     Raises:
         RunError: ``out`` holds a checkpoint and `resume` is False, or the checkpoint was
             written with other settings than `run` (``steps`` included).
-        ShardingError: the mesh's ``model`` axis does not divide the preset's heads
-            (raised before the corpus is read or the model built).
+        ShardingError: the mesh's ``model`` axis does not divide the model's heads
+            (for a preset, raised before the corpus is read or the model built; for an
+            ``init`` checkpoint, once it is loaded).
     """
 
     def __init__(self, run: RunConfig, out: str | Path, *, mesh: str = "", resume: bool = False):
