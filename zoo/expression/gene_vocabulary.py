@@ -22,6 +22,7 @@ an empty field where a name is unknown.
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import os
@@ -123,7 +124,7 @@ class GeneVocabulary:
                 raise GeneMatchError(f"gene {i} has neither an ID nor a symbol")
         for field in ("gene_ids", "symbols"):
             names = [normalise_gene_name(n) for n in getattr(self, field) if n]
-            duplicated = sorted({n for n in names if names.count(n) > 1})
+            duplicated = sorted(n for n, count in collections.Counter(names).items() if count > 1)
             if duplicated:
                 raise GeneMatchError(f"{field} repeats {', '.join(duplicated[:5])}")
 
@@ -213,7 +214,8 @@ class GeneVocabulary:
         absent = np.flatnonzero(columns < 0)
         if expression is not None:
             absent = absent[np.argsort(-np.asarray(expression)[absent], kind="stable")]
-        missing = tuple(self.names()[i] for i in absent)
+        all_names = self.names()
+        missing = tuple(all_names[i] for i in absent)
         result = GeneMatch(columns, (field, against), missing)
         if result.fraction < min_fraction:
             raise GeneMatchError(
