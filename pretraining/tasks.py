@@ -19,7 +19,12 @@ import jax
 from pretraining.dna_data import DnaCorpus, MaskedWindows
 from pretraining.expression_data import CellBatches, ExpressionCorpus, ExpressionDataError
 from pretraining.initial_model import InitError, InitialModel, load_initial
-from pretraining.objectives import masked_expression_sums, masked_token_sums
+from pretraining.objectives import (
+    gene_id_targets,
+    masked_expression_sums,
+    masked_gene_id_sums,
+    masked_token_sums,
+)
 from pretraining.presets import PRESETS
 from pretraining.provenance import Source
 from pretraining.run_config import RunConfig
@@ -40,7 +45,9 @@ class Task:
     Attributes:
         model: the initial model (with fitted statistics, e.g. gene medians), or the
             ``init`` checkpoint as loaded.
-        objective: ``(model, batch, keys) -> {"loss_sum", "count", ...}``.
+        objective: ``(model, batch, keys) -> {"loss_sum", "count", ...}``: masked tokens
+            for DNA, masked expression for an expression model, masked gene ids for one
+            with the ``"gene_logits"`` head (Geneformer-style).
         make_batch: ``(step, rows, part) -> batch`` of NumPy arrays for the given global
             example rows (``part`` 0 training, 1 validation).
         unit: what throughput counts (``"tokens"`` or ``"cells"``).
@@ -68,8 +75,8 @@ def build_task(run: RunConfig) -> Task:
     checkpoint with its own tokenizer and genes) and batches.
 
     Raises:
-        InitError: for an ``init`` model of the other task, a gene-id (Geneformer-style)
-            expression model, windows longer than its max_len, or genes that do not match.
+        InitError: for an ``init`` model of the other task, windows longer than its
+            max_len, or genes that do not match.
     """
     initial = load_initial(run.init, run.init_digest) if run.init else None
     key = jax.random.key(run.seed)
@@ -120,24 +127,27 @@ def build_task(run: RunConfig) -> Task:
         model = model.with_tokenizer(corpus.fit_tokenizer(model.tokenizer))
     else:
         model = _initial_of(initial, DifferentiableFoundationModel, run)
-        if model.config.head == "gene_logits":
-            raise InitError(
-                f"--init {run.init} predicts masked gene ids (a Geneformer-style "
-                "'gene_logits' head); continued pretraining of gene-id models is not "
-                "supported yet, only of masked-expression models"
-            )
         vocabulary = _initial_genes(initial, run)
         corpus = ExpressionCorpus(run.data, val_fraction=run.val_fraction, vocabulary=vocabulary)
     config = model.config
+    if config.head == "gene_logits":  # Geneformer-style: masked gene ids
+        objective = masked_gene_id_sums
+        flops = encoder_train_flops(
+            config.transformer,
+            config.tokenizer.sequence_length,
+            config.tokenizer.vocab_size,
+            gene_id_targets(model),
+        )
+    else:
+        objective = masked_expression_sums
+        flops = foundation_train_flops(config.transformer, config.tokenizer.max_tokens + 1)
     return Task(
         model=model,
-        objective=masked_expression_sums,
+        objective=objective,
         make_batch=CellBatches(corpus, seed=run.seed).batch,
         unit="cells",
         units_per_example=1,
-        flops_per_example=foundation_train_flops(
-            config.transformer, config.tokenizer.max_tokens + 1
-        ),
+        flops_per_example=flops,
         corpus=corpus,
         sources=corpus.sources,
         genes=corpus.vocabulary,

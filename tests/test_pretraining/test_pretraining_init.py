@@ -2,8 +2,8 @@
 upstream layout continues masked language modelling on a real bacterial genome on 2
 simulated CPU devices (a subprocess: ``XLA_FLAGS`` must be set before JAX starts) with its
 own 6-mer tokenizer; our catalog ``dna-encoder-tiny`` continues on one device; a resume
-from another checkpoint is refused, and so are architecture flags beside ``--init`` and a
-Geneformer-style gene-id model in expression pretraining.
+from another checkpoint is refused, and so are architecture flags beside ``--init``
+(continued pretraining of Geneformer-style gene-id models: ``test_pretraining_gene_ids.py``).
 
 The first logged training loss is the loss of the loaded weights on step 0's batch; it is
 recomputed here on one device from the loaded model, the same masked windows and the same
@@ -18,7 +18,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -28,12 +27,6 @@ from pretraining.cli import main
 from pretraining.dna_data import TRAIN, DnaCorpus, MaskedWindows
 from pretraining.objectives import masked_token_sums
 from pretraining.steps import row_keys
-from zoo.common.transformer import TransformerConfig
-from zoo.expression.foundation_model import (
-    DifferentiableFoundationModel,
-    DifferentiableFoundationModelConfig,
-)
-from zoo.expression.gene_tokenizer import GeneTokenizerConfig
 from zoo.sequence.vocabulary_tokenizer import VocabularyTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "test_finetuning"))
@@ -134,17 +127,3 @@ def test_architecture_flags_are_refused_with_init(tmp_path, capsys):
     argv = ["dna", CORPUS, "--init", "dna-encoder-tiny", "--preset", "small"]
     assert main([*argv, "--out", str(tmp_path)]) == 2
     assert "fixes the architecture" in capsys.readouterr().err
-
-
-def test_gene_id_models_are_refused_in_expression(tmp_path, capsys):
-    config = DifferentiableFoundationModelConfig(
-        tokenizer=GeneTokenizerConfig(n_genes=8, max_tokens=4),
-        transformer=TransformerConfig(dim=8, n_layers=1, n_heads=2, mlp_dim=16),
-        head="gene_logits",
-    )
-    zoo.save_pretrained(
-        DifferentiableFoundationModel(config, key=jax.random.key(0)), tmp_path / "gf"
-    )
-    argv = ["expression", "pbmc3k", "--init", str(tmp_path / "gf"), "--out", str(tmp_path / "out")]
-    assert main(argv) == 2
-    assert "gene-id models is not supported yet" in capsys.readouterr().err
