@@ -7,6 +7,10 @@ must never fetch (``pytorch_model.bin``, the repository's Python code). ``DNA_be
 ``main`` has only ``pytorch_model.bin``, as upstream; its safetensors sit on a branch
 ``convert``, as the Hub's conversion bot leaves them on ``refs/pr/N`` (which olah does not
 serve; `test_hub_references_name_a_folder_and_a_revision_with_slashes` parses that form).
+NT v2's repository holds its remote code (``esm_config.py``, ``modeling_esm.py``) named by
+``auto_map``; scGPT's ``main`` has only ``best_model.pt``, and a branch ``safetensors``
+adds ``model.safetensors`` built with scGPT's own torch model (the ``scgpt`` wheel), whose
+cell embeddings and expression predictions on pbmc3k cells the loaded model reproduces.
 """
 
 from __future__ import annotations
@@ -15,13 +19,19 @@ import json
 import warnings
 from pathlib import Path
 
+import anndata as ad
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 import transformers
 from hub_servers import commit_files, git, new_git_repo, point_client_at, start_olah, stop
+from test_esm_import import NT_V2, TOKENIZER_FILES, VOCABULARIES
+from test_scgpt_import import ARGS as SCGPT_ARGS
+from test_scgpt_import import DATA as PBMC3K
+from test_scgpt_import import N_CELLS, reference_inputs
 from upstream_models import (
     DNABERT_IDS,
     DNABERT_VOCAB,
@@ -34,6 +44,8 @@ from upstream_models import (
     saved,
     tiny_dnabert,
     tiny_esm,
+    with_gated_feed_forward,
+    write_scgpt_folder,
 )
 
 import zoo
@@ -41,11 +53,14 @@ from checkpoints import CheckpointError, UnpinnedRevisionWarning
 from checkpoints.cli import main as hub_cli
 from checkpoints.references import split_reference
 from checkpoints.upstream import detect_family
+from zoo.sequence.fasta import read_fasta
 
 DNABERT = "zhihan1996/DNA_bert_3"
 GENEFORMER = "ctheodoris/Geneformer"
 ESM2 = "facebook/esm2_t6_8M_UR50D"
+NT_V2_50M = "InstaDeepAI/nucleotide-transformer-v2-50m-multi-species"
 SCGPT = "u-cellm/scGPT-whole-human"
+REMOTE_CODE = ("esm_config.py", "modeling_esm.py")
 NEVER_FETCHED = (
     "pytorch_model.bin",
     "training_args.bin",
@@ -55,6 +70,8 @@ NEVER_FETCHED = (
     "tokenizer.py",
     "ensembl_mapping_dict_gc30M.pkl",
     "ensembl_mapping_dict_gc104M.pkl",
+    "best_model.pt",
+    *REMOTE_CODE,
 )
 
 
@@ -94,6 +111,49 @@ def esm2_files(scratch: Path) -> tuple[dict[str, bytes], torch.nn.Module]:
     return files, model
 
 
+def nt_v2_files(scratch: Path) -> tuple[dict[str, bytes], torch.nn.Module]:
+    """InstaDeepAI/nucleotide-transformer-v2-50m-multi-species's files: the config with
+    ``add_bias_fnn: false`` and its ``auto_map`` into the remote code, that code (never
+    fetched), the tokenizer files and ``model.safetensors`` of a 2-layer, 32-wide random
+    model with the gated feed-forward."""
+    flags = ("layer_norm_eps", "max_position_embeddings", "tie_word_embeddings", "token_dropout")
+    model = tiny_esm(
+        VOCABULARIES["nt-v2"],
+        3,
+        position_embedding_type="rotary",
+        **{k: NT_V2[k] for k in flags},
+    )
+    with torch.no_grad():
+        model = with_gated_feed_forward(model)
+        for name, parameter in model.named_parameters():  # non-trivial norms and biases
+            if "LayerNorm" in name or "layer_norm" in name or name.endswith("bias"):
+                parameter.add_(0.1 * torch.randn_like(parameter))
+    files = saved(model, scratch / "nt-v2")
+    config = json.loads(files["config.json"])
+    config |= {"add_bias_fnn": NT_V2["add_bias_fnn"], "auto_map": NT_V2["auto_map"]}
+    tokenizer_config, special_tokens = TOKENIZER_FILES["nt-v2"]
+    return files | {
+        "config.json": json.dumps(config, indent=2).encode(),
+        "esm_config.py": b"raise SystemExit('remote code ran')\n",
+        "modeling_esm.py": b"raise SystemExit('remote code ran')\n",
+        "vocab.txt": "".join(t + "\n" for t in VOCABULARIES["nt-v2"]).encode(),
+        "tokenizer_config.json": json.dumps(tokenizer_config).encode(),
+        "special_tokens_map.json": json.dumps(special_tokens).encode(),
+    }, model
+
+
+def scgpt_files(scratch: Path) -> tuple[dict[str, bytes], torch.nn.Module, dict, list[str]]:
+    """scGPT whole-human's folder (``args.json``, ``vocab.json``, ``model.safetensors``,
+    shrunk) over pbmc3k's genes, built with scGPT's own torch model; also the torch model,
+    its vocabulary and the genes in vocabulary order."""
+    genes = sorted(ad.read_h5ad(PBMC3K, backed="r").var_names)
+    folder = scratch / "scgpt"
+    folder.mkdir()
+    reference, vocab = write_scgpt_folder(folder, genes, SCGPT_ARGS)
+    files = {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+    return files, reference, vocab, genes
+
+
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
     """``(endpoint, torch models, commits)`` of olah serving the repositories above."""
@@ -118,9 +178,17 @@ def hub(tmp_path_factory):
         "vocab.json": json.dumps({"A1BG": 0, "<pad>": 1, "<cls>": 2, "<eoc>": 3}).encode(),
         "best_model.pt": b"\x80\x04pickle that must never load",
     }
-    commits["scgpt"] = commit_files(new_git_repo(mirrors, SCGPT), scgpt, "mirror")
+    repo = new_git_repo(mirrors, SCGPT)
+    commits["scgpt"] = commit_files(repo, scgpt, "mirror")
+    git(repo, "checkout", "-q", "-b", "safetensors")
+    files, scgpt_model, scgpt_vocab, genes = scgpt_files(scratch)
+    commits["scgpt safetensors"] = commit_files(repo, scgpt | files, "best_model.pt converted")
+    git(repo, "checkout", "-q", "main")
+    files, nt_v2 = nt_v2_files(scratch)
+    commits["nt-v2"] = commit_files(new_git_repo(mirrors, NT_V2_50M), files, "Upload model")
     process, endpoint = start_olah(mirrors, scratch)
     models = {"dnabert": dnabert, "dnabert files": upstream, "esm2": esm2, "geneformer": geneformer}
+    models |= {"nt-v2": nt_v2, "scgpt": (scgpt_model, scgpt_vocab, genes)}
     yield endpoint, models, commits
     stop(process)
 
@@ -284,3 +352,55 @@ def test_families_are_recognised_from_their_files_alone(tmp_path):
     (tmp_path / "roberta" / "config.json").write_text('{"model_type": "roberta"}')
     with pytest.raises(CheckpointError, match=r"model_type 'roberta'.*Geneformer V1"):
         detect_family(tmp_path / "roberta")
+
+
+def test_nt_v2_loads_by_hub_id_without_its_remote_code(hub, tmp_path, monkeypatch, shared_data):
+    endpoint, models, commits = hub
+    point_client_at(monkeypatch, endpoint, tmp_path / "cache")
+    ref = f"{NT_V2_50M}@{commits['nt-v2']}"
+    model, provenance = zoo.from_pretrained(ref, with_provenance=True)
+    assert provenance.commit == commits["nt-v2"] and provenance.pinned
+    assert provenance.family == "nt-v2" and str(provenance) == ref
+    fetched = {p.name for p in provenance.folder.rglob("*")}
+    assert "model.safetensors" in fetched and not fetched & set(NEVER_FETCHED), fetched
+    assert json.loads((provenance.folder / "config.json").read_text())["auto_map"]
+    records = read_fasta(shared_data / "salmon_sample" / "transcripts.fasta")
+    _, transcript = next(iter(records))
+    ids = np.asarray(model.tokenizer.encode(transcript.upper()[100:161]))
+    # <cls>, ten 6-mers and the leftover letter
+    assert ids[0] == VOCABULARIES["nt-v2"].index("<cls>") and len(ids) == 12
+    assert (ids[1:] >= VOCABULARIES["nt-v2"].index("AAAAAA")).all()
+    assert_same_logits(model, models["nt-v2"], ids, pad_id=1)
+
+
+def test_scgpt_loads_by_hub_id_at_its_converted_commit(hub, tmp_path, monkeypatch):
+    endpoint, models, commits = hub
+    point_client_at(monkeypatch, endpoint, tmp_path / "cache")
+    ref = f"{SCGPT}@{commits['scgpt safetensors']}"
+    model, provenance = zoo.from_pretrained(ref, with_provenance=True)
+    assert provenance.commit == commits["scgpt safetensors"] and provenance.pinned
+    assert provenance.family == "scgpt" and str(provenance) == ref
+    fetched = {p.name for p in provenance.folder.rglob("*")}
+    assert {"args.json", "vocab.json", "model.safetensors"} <= fetched, fetched
+    assert not fetched & set(NEVER_FETCHED), fetched
+
+    reference, vocab, genes = models["scgpt"]
+    data = ad.read_h5ad(PBMC3K)
+    counts = np.asarray(data[:N_CELLS, genes].X.toarray(), np.float32)
+    out = eqx.filter_jit(jax.vmap(eqx.nn.inference_mode(model)))(jnp.asarray(counts))
+    # the binned values after the <cls> token, as scGPT's input takes them
+    ids, values = reference_inputs(counts, np.asarray(out.values)[:, 1:], vocab)
+    padding = ids == vocab["<pad>"]
+    real = ~padding.numpy()
+    with torch.no_grad():
+        expected = reference(ids, values, src_key_padding_mask=padding)
+    np.testing.assert_array_equal(np.asarray(out.ids), ids.numpy())
+    np.testing.assert_allclose(
+        np.asarray(out.cell_embedding), expected["cell_emb"].numpy(), atol=TOLERANCE, rtol=0
+    )
+    np.testing.assert_allclose(
+        np.asarray(out.predicted_values)[real],
+        expected["mlm_output"].numpy()[real],
+        atol=TOLERANCE,
+        rtol=0,
+    )
