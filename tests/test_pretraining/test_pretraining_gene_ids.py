@@ -142,7 +142,7 @@ def test_continued_pretraining_steps_lower_the_loss(geneformer):
     optimizer = OptimizerConfig(learning_rate=3e-3, warmup_steps=0)
     run = RunConfig(
         task="expression", data=(str(cells),), preset="", init=str(folder), init_digest=init_digest(
-            str(folder)), batch_size=8, steps=8, optimizer=optimizer,
+            str(folder)), batch_size=4, steps=5, optimizer=optimizer,
     )  # fmt: skip
     task = build_task(run)  # `pretrain expression --init` no longer refuses it
     assert task.objective is masked_gene_id_sums
