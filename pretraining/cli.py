@@ -20,7 +20,8 @@ Sharded pretraining of the zoo's transformers on one host or many.
   prepare     pack FASTA files once into a memory-mapped corpus (`prepare dna`)
 
 `--init REF` continues pretraining a checkpoint (ours, a Hub repository, or an imported
-NT, DNABERT or scGPT folder) with its own architecture, tokenizer and genes.
+NT, DNABERT, Geneformer or scGPT folder) with its own architecture, tokenizer and genes;
+Geneformer-style models train by masked gene-id prediction.
 
 A run writes OUT/checkpoints (Orbax training state), OUT/metrics.jsonl and, at the end,
 OUT/model (a zoo.from_pretrained folder with a model card and a loss curve). Run
@@ -57,7 +58,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, task: str) -> None:
         help="continue pretraining this checkpoint instead of a fresh preset model: a model "
         "folder (a previous run's OUT/model), a catalog name (dna-encoder-tiny, "
         "fm-pbmc3k-tiny), a Hub repo org/name[@revision], or a folder in the layout of NT "
-        "v1/v2, DNABERT, ESM-2 or scGPT; its architecture, tokenizer, dropout and genes are "
+        "v1/v2, DNABERT, Geneformer or scGPT (for expression, give --genes when the folder has "
+        "no genes.tsv); "
+        "its architecture, tokenizer, dropout and genes are "
         "kept, so --preset, --dropout"
         + (" and --max-tokens" if task == "expression" else "")
         + " may not be given",
